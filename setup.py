@@ -1,0 +1,37 @@
+"""Installable package for megatron-endprompt (metadata lives here; tool config in pyproject.toml)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-endprompt",
+    version="0.1.0",
+    description="Megatron-Core training fork that extends LLaMA context windows with EndPrompt",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_endprompt", "megatron_endprompt.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "megatron-core>=0.16.1,<0.17",
+        "numpy",
+        "sentencepiece",
+        "psutil",  # megatron's async checkpoint writer hangs without it
+        "safetensors",
+        "tqdm",
+        "pyyaml",
+    ],
+    extras_require={
+        "hf": ["transformers>=4.45"],
+        "data": ["pyarrow", "tokenizers"],
+        "plots": ["matplotlib"],
+        "dev": [
+            "pytest",
+            "hypothesis",
+            "ruff",
+            "transformers>=4.45",
+            "pyarrow",
+            "tokenizers",
+            "matplotlib",
+        ],
+    },
+)
