@@ -1,0 +1,225 @@
+"""One validation pass over a TrainConfig, before any compute. Every message names the flag to change."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from megatron_endprompt.training.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A TrainConfig that cannot run; the message names the flag(s) to change."""
+
+
+def te_available() -> bool:
+    """Whether Transformer Engine is importable (without importing it)."""
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise ConfigError listing every problem found (one per line), each naming its flag."""
+    errors: list[str] = []
+    try:
+        model = cfg.model_config()
+        model.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for check in (
+        _check_layout,
+        _check_model_split,
+        _check_batch,
+        _check_precision,
+        _check_schedule,
+        _check_io,
+    ):
+        errors.extend(check(cfg, model))
+    if errors:
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))
+
+
+def _check_layout(cfg, model) -> list[str]:
+    p, errs = cfg.parallel, []
+    for name in ("tensor_parallel", "pipeline_parallel", "context_parallel"):
+        if getattr(p, name) < 1:
+            errs.append(f"--parallel.{name} must be >= 1, got {getattr(p, name)}")
+    if errs:
+        return errs
+    model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
+    if cfg.world_size % model_parallel:
+        errs.append(
+            f"--parallel.tensor_parallel x --parallel.pipeline_parallel x --parallel.context_parallel = "
+            f"{model_parallel} does not divide the world size {cfg.world_size}"
+        )
+    elif p.data_parallel is not None and p.data_parallel != cfg.data_parallel_size:
+        errs.append(
+            f"--parallel.data_parallel={p.data_parallel} but world size {cfg.world_size} / (TP*PP*CP) "
+            f"= {cfg.data_parallel_size}; drop the flag (it is derived) or launch {p.data_parallel * model_parallel} ranks"
+        )
+    if p.sequence_parallel and p.tensor_parallel == 1:
+        errs.append("--parallel.sequence_parallel needs --parallel.tensor_parallel > 1")
+    if p.virtual_pipeline_parallel is not None and (
+        p.virtual_pipeline_parallel < 1 or p.pipeline_parallel == 1
+    ):
+        errs.append(
+            "--parallel.virtual_pipeline_parallel needs --parallel.pipeline_parallel > 1 and a value >= 1"
+        )
+    if p.context_parallel > 1 and cfg.data.seq_length % (2 * p.context_parallel):
+        errs.append(
+            f"--data.seq_length ({cfg.data.seq_length}) must be divisible by 2 x --parallel.context_parallel "
+            f"(= {2 * p.context_parallel}): context parallelism splits the sequence into 2*CP chunks"
+        )
+    return errs
+
+
+def _check_model_split(cfg, model) -> list[str]:
+    p, errs = cfg.parallel, []
+    tp = max(p.tensor_parallel, 1)
+    if model.num_attention_heads % tp:
+        errs.append(
+            f"--parallel.tensor_parallel ({tp}) must divide model.num_attention_heads ({model.num_attention_heads})"
+        )
+    if model.num_query_groups % tp:
+        errs.append(
+            f"--parallel.tensor_parallel ({tp}) must divide model.num_query_groups ({model.num_query_groups})"
+        )
+    if model.ffn_hidden_size % tp:
+        errs.append(
+            f"--parallel.tensor_parallel ({tp}) must divide model.ffn_hidden_size ({model.ffn_hidden_size})"
+        )
+    pp = max(p.pipeline_parallel, 1)
+    stages = pp * (p.virtual_pipeline_parallel or 1)
+    if pp > model.num_layers:
+        errs.append(f"--parallel.pipeline_parallel ({pp}) exceeds model.num_layers ({model.num_layers})")
+    elif model.num_layers % stages:
+        errs.append(
+            f"--parallel.pipeline_parallel ({pp})"
+            + (
+                f" x --parallel.virtual_pipeline_parallel ({p.virtual_pipeline_parallel})"
+                if stages != pp
+                else ""
+            )
+            + f" must divide model.num_layers ({model.num_layers})"
+        )
+    if cfg.data.seq_length > model.max_position_embeddings:
+        errs.append(
+            f"--data.seq_length ({cfg.data.seq_length}) exceeds model.max_position_embeddings "
+            f"({model.max_position_embeddings}); raise --model.max_position_embeddings"
+        )
+    r = cfg.recompute
+    if r.granularity == "full" and r.num_layers < 1:
+        errs.append(f"--recompute.num_layers must be >= 1 with full recompute, got {r.num_layers}")
+    return errs
+
+
+def _check_batch(cfg, model) -> list[str]:
+    d, errs = cfg.data, []
+    if d.seq_length < 2:
+        errs.append(f"--data.seq_length must be >= 2, got {d.seq_length}")
+    if d.micro_batch_size < 1:
+        errs.append(f"--data.micro_batch_size must be >= 1, got {d.micro_batch_size}")
+    else:
+        layout_ok = cfg.world_size % _model_parallel(cfg) == 0
+        dp = cfg.data_parallel_size if layout_ok else 1
+        if d.global_batch_size < 1 or d.global_batch_size % (d.micro_batch_size * dp):
+            errs.append(
+                f"--data.global_batch_size ({d.global_batch_size}) must be a positive multiple of "
+                f"--data.micro_batch_size ({d.micro_batch_size}) x data-parallel size ({dp})"
+            )
+    if d.cue_loss_weight < 0:
+        errs.append(f"--data.cue_loss_weight must be >= 0, got {d.cue_loss_weight}")
+    if d.weights is not None and len(d.weights) != len(d.paths):
+        errs.append(f"--data.weights has {len(d.weights)} values for {len(d.paths)} --data.paths")
+    if d.weights is not None and any(w < 0 for w in d.weights):
+        errs.append("--data.weights must be >= 0")
+    errs.extend(_check_split(d.split, cfg.logging.eval_interval))
+    if d.num_workers < 0:
+        errs.append(f"--data.num_workers must be >= 0, got {d.num_workers}")
+    return errs
+
+
+def _model_parallel(cfg) -> int:
+    p = cfg.parallel
+    return max(p.tensor_parallel, 1) * max(p.pipeline_parallel, 1) * max(p.context_parallel, 1)
+
+
+def _check_split(split: str, eval_interval: int | None) -> list[str]:
+    try:
+        parts = [float(x) for x in split.replace("/", ",").split(",")]
+    except ValueError:
+        return [f"--data.split must look like '98,2,0', got {split!r}"]
+    if len(parts) > 3 or any(x < 0 for x in parts) or sum(parts) <= 0 or parts[0] <= 0:
+        return [
+            f"--data.split must be up to 3 non-negative numbers with a positive train share, got {split!r}"
+        ]
+    if eval_interval and (len(parts) < 2 or parts[1] <= 0):
+        return [
+            f"--logging.eval_interval needs a validation share in --data.split (e.g. '98,2,0'), got {split!r}"
+        ]
+    return []
+
+
+def _check_precision(cfg, model) -> list[str]:
+    pr, errs = cfg.precision, []
+    if pr.fp8 is not None and not te_available():
+        errs.append(
+            f"--precision.fp8 {pr.fp8} needs Transformer Engine, which is not installed "
+            "(pip install transformer-engine[pytorch]); drop the flag to train in bf16"
+        )
+    if pr.fp8 is not None and pr.dtype == "fp32":
+        errs.append("--precision.fp8 needs --precision.dtype bf16 or fp16")
+    if pr.fp8 is not None and cfg.model.use_te is False:
+        errs.append("--precision.fp8 needs the Transformer Engine layer spec; remove --model.use_te false")
+    if cfg.model.use_te is True and not te_available():
+        errs.append(
+            "--model.use_te true but Transformer Engine is not installed; use --model.use_te auto/false"
+        )
+    if pr.loss_scale is not None and pr.dtype != "fp16":
+        errs.append("--precision.loss_scale only applies to --precision.dtype fp16")
+    return errs
+
+
+def _check_schedule(cfg, model) -> list[str]:
+    o, t, errs = cfg.optimizer, cfg.training, []
+    if (t.train_steps is None) == (t.train_samples is None):
+        errs.append("set exactly one of --training.train_steps and --training.train_samples")
+    elif cfg.train_steps < 1:
+        errs.append("--training.train_steps / --training.train_samples must give at least one step")
+    if not o.lr > 0:
+        errs.append(f"--optimizer.lr must be > 0, got {o.lr}")
+    if not 0 <= o.min_lr <= o.lr:
+        errs.append(f"--optimizer.min_lr ({o.min_lr}) must be in [0, --optimizer.lr ({o.lr})]")
+    if o.warmup_steps < 0:
+        errs.append(f"--optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(o, name) < 1:
+            errs.append(f"--optimizer.{name} must be in [0, 1), got {getattr(o, name)}")
+    if o.adam_eps <= 0 or o.weight_decay < 0 or o.clip_grad < 0:
+        errs.append(
+            "--optimizer.adam_eps must be > 0, --optimizer.weight_decay and --optimizer.clip_grad >= 0"
+        )
+    if o.overlap_param_gather and not o.use_distributed_optimizer:
+        errs.append("--optimizer.overlap_param_gather needs --optimizer.use_distributed_optimizer")
+    return errs
+
+
+def _check_io(cfg, model) -> list[str]:
+    c, lg, errs = cfg.checkpoint, cfg.logging, []
+    if c.save_interval is not None and c.save_interval < 1:
+        errs.append(f"--checkpoint.save_interval must be >= 1, got {c.save_interval}")
+    if c.save_interval is not None and not c.save:
+        errs.append("--checkpoint.save_interval needs --checkpoint.save (a directory)")
+    if c.keep_last is not None and c.keep_last < 1:
+        errs.append(f"--checkpoint.keep_last must be >= 1 or none, got {c.keep_last}")
+    if lg.log_interval < 1:
+        errs.append(f"--logging.log_interval must be >= 1, got {lg.log_interval}")
+    if lg.eval_interval is not None and lg.eval_interval < 1:
+        errs.append(f"--logging.eval_interval must be >= 1 or none, got {lg.eval_interval}")
+    if lg.eval_steps < 1:
+        errs.append(f"--logging.eval_steps must be >= 1, got {lg.eval_steps}")
+    if lg.peak_tflops is not None and lg.peak_tflops <= 0:
+        errs.append(f"--logging.peak_tflops must be > 0, got {lg.peak_tflops}")
+    if not cfg.data.paths and not cfg.data.mock:
+        errs.append("--data.paths is empty; give dataset prefixes (or --data.mock true for synthetic data)")
+    return errs
