@@ -1,0 +1,57 @@
+"""The benchmark's plain-PyTorch reference model must be a faithful LLaMA: same logits as HF transformers."""
+
+import pytest
+import torch
+
+from benchmarks.reference_llama import (
+    ReferenceLlama,
+    hf_config_dict,
+    non_embedding_params,
+    train_flops_per_token,
+)
+from megatron_endprompt.model.config import RopeScaling, get_preset
+
+transformers = pytest.importorskip("transformers")
+
+SCALINGS = [
+    RopeScaling(),
+    RopeScaling(type="linear", factor=8.0),
+    RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=256),
+]
+
+
+@pytest.mark.parametrize("scaling", SCALINGS, ids=lambda r: r.type)
+def test_logits_match_hf_llama_with_jumping_positions(scaling: RopeScaling) -> None:
+    torch.manual_seed(0)
+    cfg = get_preset("tiny").replace(max_position_embeddings=2048, rope_scaling=scaling)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config_dict(cfg))).eval()
+    ref = ReferenceLlama(cfg).eval()
+    missing, unexpected = ref.load_state_dict(hf.state_dict(), strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    ids = torch.randint(0, cfg.vocab_size, (2, 24))
+    # EndPrompt-like positions: a text segment, then a terminal segment near the end of the window, per sample.
+    pos = torch.stack([torch.cat([torch.arange(16), torch.arange(2040, 2048)]),
+                       torch.cat([torch.arange(20), torch.arange(1000, 1004)])])  # fmt: skip
+    with torch.no_grad():
+        want = hf(input_ids=ids, position_ids=pos).logits
+        got = ref(ids, pos)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_refuses_positions_beyond_window() -> None:
+    cfg = get_preset("tiny").replace(max_position_embeddings=64)
+    ref = ReferenceLlama(cfg)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        ref(torch.zeros(1, 2, dtype=torch.long), torch.tensor([[0, 64]]))
+
+
+def test_flop_formula_matches_method_doc_for_llama3_8b() -> None:
+    cfg = get_preset("llama3-8b")
+    one_layer = cfg.replace(num_layers=1)
+    with torch.device("meta"):  # count parameters without allocating 8B of them
+        ref_params = sum(p.numel() for p in ReferenceLlama(one_layer).parameters())
+    # N counts the layer weights and the LM head but not the embedding lookup.
+    assert non_embedding_params(one_layer) == ref_params - cfg.vocab_size * cfg.hidden_size
+    # docs/METHOD.md: 51.5 GFLOP/token at 8K, 96.6 at 64K for Llama-3-8B.
+    assert train_flops_per_token(cfg, 8192) / 1e9 == pytest.approx(51.5, abs=0.1)
+    assert train_flops_per_token(cfg, 65536) / 1e9 == pytest.approx(96.6, abs=0.1)
