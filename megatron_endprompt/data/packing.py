@@ -1,0 +1,97 @@
+"""Forming fixed-length samples from tokenised documents (the builder's --packing modes).
+
+concat:   documents (each followed by EOD with --append-eod) form one token stream; sample i takes the next
+          `text_length_i` tokens of it. The stream's tail shorter than a sample is dropped (counted).
+document: one document per sample; its first `text_length_i` tokens are used (the rest counted as truncated) and a
+          document shorter than that is skipped with reason "too_short".
+text_length_i = P, minus the cue length b_i for the endprompt schemes. Sample i draws, from
+np.random.default_rng([seed, i]) and in this order: the cue index (endprompt schemes), then the scheme's
+randomness (placement, PoSE chunks and biases). Text tokens fill the text segments in physical order, the cue
+tokens the cue segment (always last).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from megatron_endprompt.positions import SchemeConfig, Segment
+
+
+def sample_plan(scheme: SchemeConfig, cues: Sequence[np.ndarray], seed: int, index: int):
+    """(rng, cue tokens or None, text length) for sample `index`; the rng continues into `scheme.segments`."""
+    rng = np.random.default_rng([seed, index])
+    cue = cues[int(rng.integers(len(cues)))] if scheme.uses_cue else None
+    return rng, cue, scheme.text_length(0 if cue is None else len(cue))
+
+
+class Packer:
+    """Consumes documents (`feed`) and yields finished samples (`drain`) as (tokens int64 [P], segments)."""
+
+    def __init__(self, scheme: SchemeConfig, cues: Sequence[np.ndarray], seed: int, packing: str) -> None:
+        self.scheme, self.cues, self.seed, self.packing = scheme, list(cues), seed, packing
+        self._chunks: deque[np.ndarray] = deque()
+        self._buffered = 0
+        self._ready: list[tuple[np.ndarray, list[Segment]]] = []
+        self.samples = self.text_tokens = self.cue_tokens = self.truncated = 0
+        self._plan = sample_plan(scheme, self.cues, seed, 0)
+
+    def feed(self, ids: np.ndarray) -> str | None:
+        """Add one document's tokens; returns a skip reason ("too_short") or None."""
+        if self.packing == "document":
+            need = self._plan[2]
+            if len(ids) < need:
+                return "too_short"
+            self.truncated += len(ids) - need
+            self._emit(np.asarray(ids[:need], dtype=np.int64))
+            return None
+        if len(ids):
+            self._chunks.append(np.asarray(ids, dtype=np.int64))
+            self._buffered += len(ids)
+        while self._buffered >= self._plan[2]:
+            self._emit(self._take(self._plan[2]))
+        return None
+
+    def _take(self, n: int) -> np.ndarray:
+        parts, missing = [], n
+        while missing:
+            head = self._chunks[0]
+            if len(head) <= missing:
+                parts.append(self._chunks.popleft())
+                missing -= len(head)
+            else:
+                parts.append(head[:missing])
+                self._chunks[0] = head[missing:]
+                missing = 0
+        self._buffered -= n
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _emit(self, text: np.ndarray) -> None:
+        rng, cue, _ = self._plan
+        segments = self.scheme.segments(rng, 0 if cue is None else len(cue))
+        tokens = text if cue is None else np.concatenate([text, cue])
+        if len(tokens) != self.scheme.seq_length or sum(s.length for s in segments) != len(tokens):
+            raise AssertionError("packer produced a sample whose length differs from --seq-length")
+        self._ready.append((tokens, segments))
+        self.samples += 1
+        self.text_tokens += len(text)
+        self.cue_tokens += 0 if cue is None else len(cue)
+        self._plan = sample_plan(self.scheme, self.cues, self.seed, self.samples)
+
+    def drain(self) -> Iterator[tuple[np.ndarray, list[Segment]]]:
+        """Finished samples since the last call, in order."""
+        ready, self._ready = self._ready, []
+        yield from ready
+
+    def counts(self) -> dict[str, int]:
+        """Sample and token counts for meta.json (call after the last document)."""
+        return {
+            "samples": self.samples,
+            "tokens": self.samples * self.scheme.seq_length,
+            "text_tokens": self.text_tokens,
+            "cue_tokens": self.cue_tokens,
+            "tokens_truncated": self.truncated,
+            "tokens_dropped_tail": self._buffered,
+        }
