@@ -282,14 +282,18 @@ class TrainConfig:
             model[key] = value
         return out
 
-    def validate(self, world_size: int | None = None) -> None:
-        """Check every constraint before any compute; raise ValueError naming the flag to fix."""
+    def validate(self, world_size: int | None = None, *, check_environment: bool = True) -> None:
+        """Check every constraint before any compute; raise ValueError naming the flag to fix.
+
+        world_size: ranks of the job (default: $WORLD_SIZE or 1). check_environment=False (dry runs) skips the
+        checks that depend on this machine, e.g. Transformer Engine being installed.
+        """
         from megatron_endprompt.training.validation import validate_config
 
         if world_size is None:
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.world_size = world_size
-        validate_config(self)
+        validate_config(self, check_environment)
         if self.parallel.data_parallel is None:
             self.parallel.data_parallel = self.data_parallel_size
 

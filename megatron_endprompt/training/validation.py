@@ -18,8 +18,12 @@ def te_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Raise ConfigError listing every problem found (one per line), each naming its flag."""
+def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
+    """Raise ConfigError listing every problem found (one per line), each naming its flag.
+
+    check_environment=False skips what depends on this machine (Transformer Engine installed): a dry run on a
+    laptop reports those as warnings (`environment_problems`) instead.
+    """
     errors: list[str] = []
     try:
         model = cfg.model_config()
@@ -35,8 +39,25 @@ def validate_config(cfg: TrainConfig) -> None:
         _check_io,
     ):
         errors.extend(check(cfg, model))
+    if check_environment:
+        errors.extend(environment_problems(cfg))
     if errors:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))
+
+
+def environment_problems(cfg: TrainConfig) -> list[str]:
+    """Settings this machine cannot run (missing Transformer Engine), each naming its flag."""
+    errs = []
+    if cfg.precision.fp8 is not None and not te_available():
+        errs.append(
+            f"--precision.fp8 {cfg.precision.fp8} needs Transformer Engine, which is not installed "
+            "(pip install transformer-engine[pytorch]); drop the flag to train in bf16"
+        )
+    if cfg.model.use_te is True and not te_available():
+        errs.append(
+            "--model.use_te true but Transformer Engine is not installed; use --model.use_te none (auto) or false"
+        )
+    return errs
 
 
 def _check_layout(cfg, model) -> list[str]:
@@ -162,19 +183,10 @@ def _check_split(split: str, eval_interval: int | None) -> list[str]:
 
 def _check_precision(cfg, model) -> list[str]:
     pr, errs = cfg.precision, []
-    if pr.fp8 is not None and not te_available():
-        errs.append(
-            f"--precision.fp8 {pr.fp8} needs Transformer Engine, which is not installed "
-            "(pip install transformer-engine[pytorch]); drop the flag to train in bf16"
-        )
     if pr.fp8 is not None and pr.dtype == "fp32":
         errs.append("--precision.fp8 needs --precision.dtype bf16 or fp16")
     if pr.fp8 is not None and cfg.model.use_te is False:
         errs.append("--precision.fp8 needs the Transformer Engine layer spec; remove --model.use_te false")
-    if cfg.model.use_te is True and not te_available():
-        errs.append(
-            "--model.use_te true but Transformer Engine is not installed; use --model.use_te auto/false"
-        )
     if pr.loss_scale is not None and pr.dtype != "fp16":
         errs.append("--precision.loss_scale only applies to --precision.dtype fp16")
     return errs
