@@ -1,0 +1,147 @@
+"""Megatron dist checkpoint of our model (converted or trained, any TP/PP) -> HF LLaMA dir.
+
+The checkpoint is read through the model's own sharded state dict (built on the meta device, so the
+model itself costs no memory), unpacked with the key table and written as size-bounded safetensors shards;
+megatron tensors are released as they are unpacked, so the peak memory is about one copy of the model. config.json is written in the dialect recorded at import
+(`endprompt_source.json`), v4 when unknown, and the tokenizer/generation files kept at import are copied back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from megatron_endprompt.convert import key_map, megatron_io
+from megatron_endprompt.convert.errors import ConversionError
+from megatron_endprompt.convert.hf_config import DIALECTS, HFSource, build_hf_config
+from megatron_endprompt.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, write_hf_shards
+from megatron_endprompt.convert.hf_to_megatron import ConversionSummary
+from megatron_endprompt.convert.staging import check_output_dir, staged_dir
+from megatron_endprompt.model.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _groups(sharded_sd: dict) -> list[list[str]]:
+    """State-dict names grouped for loading: embedding, each layer, then final norm and output."""
+    first, last, layers = [], [], {}
+    for name in sharded_sd:
+        if name.endswith("_extra_state"):
+            continue
+        found = key_map.match(name)
+        if found is None:
+            raise ConversionError(f"checkpoint tensor {name} has no HF counterpart in convert/key_map.py")
+        rule, layer = found
+        if layer is not None:
+            layers.setdefault(layer, []).append(name)
+        else:
+            (first if rule.kind == "vocab" and "embedding" in name else last).append(name)
+    return [first, *(layers[i] for i in sorted(layers)), last]
+
+
+def _materialise(item, metadata: dict) -> None:
+    """Give a meta-device sharded entry a real (empty) buffer with the checkpoint's dtype."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    stored = metadata.get(item.key)
+    if stored is None:
+        raise ConversionError(f"checkpoint has no tensor {item.key!r} that the model needs")
+    item.data = torch.empty(tuple(item.data.shape), dtype=stored.dtype)
+    if isinstance(item, ShardedTensor):
+        item.dtype = stored.dtype
+
+
+def _iter_hf_tensors(
+    ckpt: Path, cfg: ModelConfig, sharded_sd: dict, metadata: dict, dtype: torch.dtype | None, progress: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) pairs; each megatron tensor is released as soon as it is unpacked.
+
+    The whole model is loaded in one `dist_checkpointing.load` call: in a one-rank world megatron-core
+    0.16.1 cannot load a subset of the stacked per-layer tensors (its legacy torch ShardedTensor path
+    counts the other layers' shards as local), so loading is one copy of the model; the HF shards then
+    replace the released tensors.
+    """
+    from tqdm import tqdm
+
+    groups = _groups(sharded_sd)
+    wanted = {name: sharded_sd[name] for group in groups for name in group}
+    for item in wanted.values():
+        _materialise(item, metadata)
+    loaded = megatron_io.load_dist_checkpoint(wanted, ckpt)
+    del wanted
+    for group in tqdm(groups, desc="megatron->hf", unit="group", disable=not progress):
+        for name in group:
+            rule, layer = key_map.match(name)
+            tensor = loaded.pop(name)
+            sharded_sd[name] = None
+            for hf_name, t in zip(
+                key_map.hf_names(rule, layer), key_map.to_hf(rule, tensor, cfg), strict=True
+            ):
+                yield hf_name, t if dtype is None else t.to(dtype)
+            del tensor
+
+
+def megatron_to_hf(
+    megatron_dir: str | Path,
+    hf_dir: str | Path,
+    *,
+    dialect: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = False,
+) -> ConversionSummary:
+    """Export a megatron checkpoint dir (or a training save root: `latest` is followed) to a HF dir.
+
+    dialect: config.json RoPE dialect (`v4` or `v5`); default: the one recorded at import, else v4.
+    dtype: `float32`, `bfloat16` or `float16`; default: the dtype stored in the checkpoint.
+    """
+    start = time.time()
+    ckpt = megatron_io.resolve_checkpoint_dir(megatron_dir)
+    cfg = megatron_io.read_model_json(ckpt)
+    info = megatron_io.read_source_json(ckpt)
+    source = HFSource.from_dict(info.get("hf"))
+    if dialect is not None:
+        if dialect not in DIALECTS:
+            raise ConversionError(f"--hf-dialect: unknown dialect {dialect!r}; choose one of {DIALECTS}")
+        source = dataclasses.replace(source, dialect=dialect)
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"--dtype: unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    metadata = megatron_io.checkpoint_metadata(ckpt)
+    prefix = megatron_io.checkpoint_prefix(metadata)
+    check_output_dir(hf_dir, overwrite, "--hf-dir")
+
+    model = megatron_io.build_model(cfg, torch.float32, meta=True)
+    sharded_sd = model.sharded_state_dict(prefix=prefix)
+    stored_dtype = metadata[prefix + "embedding.word_embeddings.weight"].dtype
+    out_dtype = DTYPES[dtype] if dtype else stored_dtype
+    numel = 0
+
+    def counted() -> Iterator[tuple[str, torch.Tensor]]:
+        nonlocal numel
+        for name, t in _iter_hf_tensors(ckpt, cfg, sharded_sd, metadata, out_dtype, progress):
+            numel += t.numel()
+            yield name, t
+
+    with staged_dir(hf_dir, overwrite, "--hf-dir") as tmp:
+        files = write_hf_shards(tmp, counted(), max_shard_bytes)
+        dtype_name = str(out_dtype).removeprefix("torch.")
+        megatron_io.write_json(tmp / "config.json", build_hf_config(cfg, source, torch_dtype=dtype_name))
+        assets = ckpt / megatron_io.HF_ASSETS_DIR
+        if assets.is_dir():
+            for path in assets.iterdir():
+                shutil.copy2(path, tmp / path.name)
+    summary = ConversionSummary(
+        str(Path(hf_dir).absolute()), len(key_map.expected_hf_shapes(cfg)), numel, dtype_name,
+        key_map.padded_vocab_size(cfg.vocab_size), time.time() - start,
+    )  # fmt: skip
+    logger.info("exported %s -> %s (%d files)", ckpt, summary, len(files))
+    return summary
