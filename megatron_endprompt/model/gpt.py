@@ -1,0 +1,236 @@
+"""LLaMA-family GPT on megatron-core with per-token RoPE positions.
+
+`EndPromptGPTModel` is megatron's `GPTModel` built without its own position embedding
+(`position_embedding_type='none'`); `_preprocess` then builds RoPE angles [s, b, 1, d] from the explicit
+`position_ids` of every sample (see `rope.py`) and hands them to the decoder, where megatron's unfused RoPE
+applies them per sample and per token. YaRN's attention factor reaches the attention through megatron's own
+`yarn_*` TransformerConfig attributes (it multiplies cos/sin, as in HF).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.model.rope import inv_freq_and_scaling, rope_freqs
+from megatron_endprompt.model.specs import layer_spec
+
+logger = logging.getLogger(__name__)
+
+VOCAB_PAD_MULTIPLE = 128
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
+    """Vocabulary padded to a multiple of 128 * TP (megatron's convention), so TP shards are equal."""
+    multiple = VOCAB_PAD_MULTIPLE * tp
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def _yarn_config_attrs(cfg: ModelConfig, attention_scaling: float) -> dict:
+    """megatron `yarn_*` attributes whose concentration factor equals HF's attention_factor exactly.
+
+    megatron computes mscale(factor, m) / mscale(factor, m_all) with mscale(s, m) = 0.1 m ln(s) + 1.
+    An explicit attention_factor a is expressed with s = e, m = 10 (a - 1), m_all = 0.
+    """
+    if attention_scaling == 1.0:
+        return {}
+    rs = cfg.rope_scaling
+    if rs.attention_factor is None:
+        mscale, mscale_all = (
+            (rs.mscale, rs.mscale_all_dim) if rs.mscale and rs.mscale_all_dim else (None, None)
+        )
+        return {
+            "yarn_rotary_scaling_factor": rs.factor,
+            "yarn_mscale": mscale,
+            "yarn_mscale_all_dim": mscale_all,
+        }
+    return {"yarn_rotary_scaling_factor": math.e, "yarn_mscale": 10.0 * (attention_scaling - 1.0),
+            "yarn_mscale_all_dim": 0.0}  # fmt: skip
+
+
+def to_transformer_config(
+    cfg: ModelConfig,
+    *,
+    tp: int | None = None,
+    pp: int | None = None,
+    cp: int | None = None,
+    vp: int | None = None,
+    params_dtype: torch.dtype = torch.float32,
+    bf16: bool = False,
+    fp16: bool = False,
+    sequence_parallel: bool = False,
+    recompute: str | None = None,
+    recompute_num_layers: int = 1,
+    **overrides,
+) -> TransformerConfig:
+    """Megatron TransformerConfig for `cfg`; parallel sizes default to the initialised parallel_state.
+
+    recompute: None, "full" (uniform, `recompute_num_layers` per chunk) or "selective" (core attention).
+    Extra keyword arguments are passed to TransformerConfig unchanged.
+    """
+    from megatron.core import parallel_state
+
+    cfg.validate()
+    if parallel_state.model_parallel_is_initialized():
+        tp = tp or parallel_state.get_tensor_model_parallel_world_size()
+        pp = pp or parallel_state.get_pipeline_model_parallel_world_size()
+        cp = cp or parallel_state.get_context_parallel_world_size()
+        vp = vp or parallel_state.get_virtual_pipeline_model_parallel_world_size()
+    if recompute not in (None, "full", "selective"):
+        raise ValueError(f"--recompute: expected none, full or selective, got {recompute!r}")
+    kwargs = dict(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=tp or 1,
+        pipeline_model_parallel_size=pp or 1,
+        virtual_pipeline_model_parallel_size=vp,
+        context_parallel_size=cp or 1,
+        sequence_parallel=sequence_parallel,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+    )
+    if recompute == "full":
+        kwargs.update(
+            recompute_granularity="full",
+            recompute_method="uniform",
+            recompute_num_layers=recompute_num_layers,
+        )
+    elif recompute == "selective":
+        kwargs.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+    kwargs.update(overrides)
+    config = TransformerConfig(**kwargs)
+    _, attention_scaling = inv_freq_and_scaling(cfg)
+    for name, value in _yarn_config_attrs(cfg, attention_scaling).items():
+        setattr(config, name, value)
+    return config
+
+
+class EndPromptGPTModel(GPTModel):
+    """GPTModel whose RoPE angles come from per-sample `position_ids` [b, s] (required on every PP stage).
+
+    Attributes: `config_ep` (the ModelConfig), `padded_vocab_size`, `attention_scaling`.
+    """
+
+    def __init__(self, config: TransformerConfig, cfg: ModelConfig, *, padded_vocab: int, **kwargs) -> None:
+        super().__init__(
+            config=config,
+            vocab_size=padded_vocab,
+            max_sequence_length=cfg.max_position_embeddings,
+            share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+            position_embedding_type="none",
+            **kwargs,
+        )
+        self.config_ep = cfg
+        self.padded_vocab_size = padded_vocab
+        inv_freq, self.attention_scaling = inv_freq_and_scaling(cfg)
+        # A plain attribute, not a buffer: model.to(bfloat16) must not round the frequencies.
+        self._inv_freq = {inv_freq.device: inv_freq}
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """float32 inverse frequencies on `device` (cached per device)."""
+        if device not in self._inv_freq:
+            self._inv_freq[device] = next(iter(self._inv_freq.values())).to(device)
+        return self._inv_freq[device]
+
+    def _preprocess(
+        self,
+        input_ids,
+        position_ids,
+        decoder_input=None,
+        inference_context=None,
+        packed_seq_params=None,
+        padding_mask=None,
+    ):
+        """Upstream preprocessing (embedding, no RoPE), then RoPE angles from `position_ids`."""
+        if position_ids is None:
+            raise ValueError(
+                "EndPromptGPTModel needs position_ids [batch, seq] on every pipeline stage (RoPE positions)"
+            )
+        if packed_seq_params is not None:
+            raise NotImplementedError("packed sequences (thd) are not supported with per-token RoPE")
+        out = super()._preprocess(
+            input_ids,
+            position_ids,
+            decoder_input=decoder_input,
+            inference_context=inference_context,
+            packed_seq_params=packed_seq_params,
+            padding_mask=padding_mask,
+        )
+        freqs = rope_freqs(
+            position_ids, self.inv_freq(position_ids.device), self.config_ep.max_position_embeddings
+        )
+        return (out[0], freqs, *out[2:])
+
+    def forward(self, input_ids, position_ids, attention_mask=None, labels=None, **kwargs):
+        """logits [b, s, padded_vocab / TP] when labels is None, else per-token loss [b, s]."""
+        return super().forward(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+    params_dtype: torch.dtype = torch.float32,
+    sequence_parallel: bool = False,
+    use_te: bool | None = None,
+    vp_stage: int | None = None,
+    config: TransformerConfig | None = None,
+    **config_overrides,
+) -> EndPromptGPTModel:
+    """Build the model chunk for this rank's pipeline stage (needs parallel_state initialised).
+
+    pre_process / post_process default to whether this rank (and `vp_stage`) is the first / last stage.
+    `config` replaces the TransformerConfig derived from `cfg` (then `config_overrides` are ignored).
+    """
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError("call megatron_endprompt.parallel.initialize() before build_model()")
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if config is None:
+        config = to_transformer_config(
+            cfg, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16, sequence_parallel=sequence_parallel, **config_overrides,
+        )  # fmt: skip
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    spec = layer_spec(use_te=use_te, cp=config.context_parallel_size > 1)
+    return EndPromptGPTModel(
+        config,
+        cfg,
+        padded_vocab=padded_vocab_size(cfg.vocab_size, tp),
+        transformer_layer_spec=spec,
+        pre_process=pre_process,
+        post_process=post_process,
+        vp_stage=vp_stage,
+    )

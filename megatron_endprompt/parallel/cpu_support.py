@@ -1,0 +1,264 @@
+"""Make megatron-core 0.16.1 run on CPU with gloo. Does nothing when CUDA is available.
+
+This is the ONLY place where megatron-core is patched. Every patch is narrow, idempotent and listed here
+(each has a test in tests/unit/test_cpu_support.py):
+
+1. RNG (`tensor_parallel/random.py`): the CUDA RNG tracker becomes `CpuRNGStatesTracker`, which tracks CPU
+   generator states under the same names and seeds (`model_parallel_cuda_manual_seed` keeps its seed
+   offsets: data-parallel `seed`, tensor-parallel `seed + 2718 + tp_rank`, expert `seed + 1024 + ...`);
+   `_get_cuda_rng_state` / `_set_cuda_rng_state` (used by activation recomputation) read/write the CPU RNG.
+2. CUDA calls inside a fixed list of megatron modules (`_CUDA_MODULES`): their module-global `torch` is
+   replaced by a proxy that forwards everything to torch except
+   - `torch.cuda.current_device()` -> `torch.device("cpu")`, `synchronize` / `empty_cache` -> no-ops,
+     `is_available()` -> False;
+   - factory functions (`zeros`, `ones`, `empty`, `full`, `tensor`, `arange`, `randn`, `rand`) given
+     `device="cuda"` (or a CUDA device) allocate on the CPU instead.
+   This covers GlobalMemoryBuffer (`utils.py`), the default causal mask (`transformer/utils.py`), rotary
+   `inv_freq` moved to `current_device()`, pipeline schedules' token counters and p2p receive buffers,
+   DDP grad buffers, optimizer scalars and clip-grad buffers, tensor-parallel layers / mappings.
+3. Type checks `param.type() == 'torch.cuda.FloatTensor'` and `Tensor.cuda()` inside a fixed list of
+   functions (`_TYPE_CHECKED`): while those functions run, `Tensor.type()` without arguments reports CPU
+   tensors under their CUDA names and `Tensor.cuda()` returns the tensor itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import logging
+import sys
+import types
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_APPLIED = False
+
+_CUDA_MODULES = (
+    "megatron.core.utils",
+    "megatron.core.transformer.utils",
+    "megatron.core.models.common.embeddings.rotary_pos_embedding",
+    "megatron.core.models.common.embeddings.rope_utils",
+    "megatron.core.models.gpt.gpt_model",
+    "megatron.core.transformer.transformer_layer",
+    "megatron.core.tensor_parallel.layers",
+    "megatron.core.tensor_parallel.mappings",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.pipeline_parallel.p2p_communication",
+    "megatron.core.distributed.distributed_data_parallel",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.distributed.finalize_model_grads",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.distrib_optimizer",
+)
+
+# (module, qualified name) of functions that compare `Tensor.type()` with CUDA type names or call `.cuda()`.
+_TYPE_CHECKED = (
+    ("megatron.core.optimizer.optimizer", "Float16OptimizerWithFloat16Params.__init__"),
+    ("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer._build_model_and_main_param_groups"),
+    ("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer.__init__"),
+    ("megatron.core.optimizer.clip_grads", "clip_grad_by_total_norm_fp32"),
+    ("megatron.core.models.common.language_module.language_module",
+     "LanguageModule.setup_embeddings_and_output_layer"),
+)  # fmt: skip
+
+_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "randn", "rand")
+
+
+def _is_cuda_device(device) -> bool:
+    if device is None:
+        return False
+    if isinstance(device, int):
+        return True  # a bare index means a CUDA ordinal
+    return torch.device(device).type == "cuda"
+
+
+def _cpu_factory(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _CpuCuda(types.SimpleNamespace):
+    """Stands in for `torch.cuda` inside patched megatron modules."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+
+def _make_cpu_cuda() -> _CpuCuda:
+    return _CpuCuda(
+        current_device=lambda: torch.device("cpu"),
+        synchronize=lambda *a, **k: None,
+        empty_cache=lambda: None,
+        is_available=lambda: False,
+    )
+
+
+class _TorchProxy(types.ModuleType):
+    """Forwards to `torch`, except `torch.cuda` and device-taking factories (see module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+        self.cuda = _make_cpu_cuda()
+        for name in _FACTORIES:
+            setattr(self, name, _cpu_factory(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+# ---------------------------------------------------------------- RNG tracker
+
+
+def _make_cpu_tracker_class():
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        """Megatron's named RNG-state tracker, for the CPU generator."""
+
+        def add(self, name, seed):
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            self.seeds_.add(seed)
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            orig = torch.get_rng_state()
+            torch.manual_seed(seed)
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(orig)
+
+        @contextlib.contextmanager
+        def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            orig = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(orig)
+
+    return CpuRNGStatesTracker
+
+
+def _patch_rng() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    tracker_cls = _make_cpu_tracker_class()
+    mrandom.CudaRNGStatesTracker = tracker_cls  # initialize_rng_tracker() instantiates this name
+    mrandom._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(
+        new_state
+    )
+    # Any tracker created before apply() is a CUDA one: drop it so the next use builds a CPU tracker.
+    mrandom.initialize_rng_tracker(force_reset=True)
+
+
+# ---------------------------------------------------------------- type checks
+
+
+_TYPE_SHIM_DEPTH = 0
+
+
+@contextlib.contextmanager
+def _cuda_type_names():
+    """Report CPU tensors under CUDA type names and make `.cuda()` a no-op, for the duration (reentrant)."""
+    global _TYPE_SHIM_DEPTH
+    if _TYPE_SHIM_DEPTH:
+        _TYPE_SHIM_DEPTH += 1
+        try:
+            yield
+        finally:
+            _TYPE_SHIM_DEPTH -= 1
+        return
+    orig_type, orig_cuda = torch.Tensor.type, torch.Tensor.cuda
+
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs:
+            name = orig_type(self)
+            return name.replace("torch.", "torch.cuda.", 1) if self.device.type == "cpu" else name
+        return orig_type(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = type_
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    _TYPE_SHIM_DEPTH = 1
+    try:
+        yield
+    finally:
+        _TYPE_SHIM_DEPTH = 0
+        torch.Tensor.type, torch.Tensor.cuda = orig_type, orig_cuda
+
+
+def _wrap_type_checked(fn):
+    if getattr(fn, "_endprompt_cpu", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _cuda_type_names():
+            return fn(*args, **kwargs)
+
+    wrapper._endprompt_cpu = True
+    return wrapper
+
+
+def _patch_type_checks() -> None:
+    for module_name, qualname in _TYPE_CHECKED:
+        module = importlib.import_module(module_name)
+        owner_name, _, attr = qualname.rpartition(".")
+        owner = getattr(module, owner_name) if owner_name else module
+        raw = owner.__dict__[attr] if owner_name else getattr(owner, attr)
+        if isinstance(raw, classmethod):
+            setattr(owner, attr, classmethod(_wrap_type_checked(raw.__func__)))
+        elif isinstance(raw, staticmethod):
+            setattr(owner, attr, staticmethod(_wrap_type_checked(raw.__func__)))
+        else:
+            wrapped = _wrap_type_checked(raw)
+            setattr(owner, attr, wrapped)
+            if not owner_name:
+                _rebind_imported(raw, wrapped)
+
+
+def _rebind_imported(original, replacement) -> None:
+    """Replace `from x import f` copies of a module-level function in loaded megatron modules."""
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("megatron.core") or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is original:
+                setattr(module, attr, replacement)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def apply() -> bool:
+    """Install the CPU patches once; returns True when they are (or already were) active."""
+    global _APPLIED
+    if torch.cuda.is_available():
+        return False
+    if _APPLIED:
+        return True
+    for module_name in _CUDA_MODULES:
+        module = importlib.import_module(module_name)
+        if not isinstance(getattr(module, "torch", None), _TorchProxy):
+            module.torch = _TorchProxy()
+    _patch_rng()
+    _patch_type_checks()
+    _APPLIED = True
+    logger.debug("megatron-core CPU support applied")
+    return True
+
+
+def is_applied() -> bool:
+    return _APPLIED
