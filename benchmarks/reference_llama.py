@@ -141,7 +141,7 @@ class LlamaBody(nn.Module):
 
 
 class ReferenceLlama(nn.Module):
-    """`forward(input_ids [b,s], position_ids [b,s]) -> logits [b,s,vocab]` (float32 logits)."""
+    """`forward(input_ids [b,s], position_ids [b,s]) -> logits [b,s,vocab]` in the parameters' dtype."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -176,7 +176,7 @@ class ReferenceLlama(nn.Module):
         cos, sin = self.rope(position_ids, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x)).float()
+        return self.lm_head(self.model.norm(x))
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
@@ -199,22 +199,3 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_bias": False, "mlp_bias": False,
     }  # fmt: skip
-
-
-def non_embedding_params(cfg: ModelConfig) -> int:
-    """N of the FLOP formula: every matmul weight (LM head included), the input embedding lookup excluded."""
-    d, f, hd = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
-    attn = d * hd * (cfg.num_attention_heads * 2 + cfg.num_query_groups * 2)
-    per_layer = attn + 3 * d * f + 2 * d
-    return cfg.num_layers * per_layer + d + d * cfg.vocab_size
-
-
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """6 N + 6 L d_attn s: matmuls (fwd + bwd = 3x fwd) plus causal attention scores and values.
-
-    Causal attention costs, per token and layer, 2 * (2 s d_attn) / 2 forward FLOPs (QK^T and AV over on average
-    s/2 keys), times 3 for training. `seq_len` is the PHYSICAL length (P for EndPrompt: its position ids reach T
-    but it attends over P tokens). With d_attn = hidden size this is docs/METHOD.md's 6N + 6*L*h*s.
-    """
-    d_attn = cfg.num_attention_heads * cfg.head_dim
-    return 6.0 * non_embedding_params(cfg) + 6.0 * cfg.num_layers * d_attn * seq_len

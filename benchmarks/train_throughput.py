@@ -1,0 +1,353 @@
+"""Training throughput: our megatron-core model vs a plain-PyTorch reference, EndPrompt vs full length.
+
+One optimizer step = forward + backward + fused AdamW over one batch, in bf16, on one GPU. Each case reports
+step time, tokens/s, peak memory and MFU. Cases (default set, Llama-3-8B layer shapes, `--layers` of them):
+
+- `ep8k_b1` / `ep8k_b8`: EndPrompt samples, P = 8192 physical tokens, positions reaching T = 65536, batch 1 / 8;
+- `full64k_b1`: contiguous 65536-token samples (full-length fine-tuning), batch 1;
+- `contig8k_b1` vs `upstream8k_b1`: our per-token RoPE on contiguous positions vs megatron's own RoPE;
+- `ref_*`: the same shapes with `benchmarks/reference_llama.py`;
+- `*_cudnn` / `*_flash`: the SDPA backend forced to cuDNN or flash attention (default lets PyTorch choose).
+
+MFU = tokens/s * F / peak, with F = 6 N + 6 L d_attn s FLOPs per token (`megatron_endprompt.training.flops`:
+N = every matmul weight incl. the LM head, excluding the embedding lookup; s = PHYSICAL length, so EndPrompt
+at P = 8K pays the 8K attention term although its positions reach 64K). Peak = the device's dense bf16 peak.
+
+Usage: ``python benchmarks/train_throughput.py --out DIR`` on a CUDA machine (writes results.json + results.md);
+``--smoke`` runs tiny versions of every case on CPU in seconds (a unit test does, so this file cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.reference_llama import ReferenceLlama  # noqa: E402
+from megatron_endprompt import positions  # noqa: E402
+from megatron_endprompt.model.config import ModelConfig, get_preset  # noqa: E402
+from megatron_endprompt.training import flops  # noqa: E402
+
+logger = logging.getLogger("train_throughput")
+
+IMPLS = ("ours", "upstream", "reference")
+BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration."""
+
+    name: str
+    impl: str
+    """`ours` (EndPromptGPTModel), `upstream` (megatron GPTModel with its own contiguous RoPE), `reference`."""
+    seq_length: int
+    """Physical tokens per sample."""
+    batch: int
+    """Samples per step."""
+    scheme: str = "contiguous"
+    """`contiguous` or `endprompt` (text at [0, P-b), cue at [T-b, T))."""
+    target_length: int = 0
+    """T for endprompt positions."""
+    backend: str = "default"
+    """SDPA backend forced for the step (`default` lets PyTorch choose)."""
+
+
+@dataclass
+class Result:
+    """What one case measured (status `ok`, `oom`, `skipped` or `error: ...`)."""
+
+    case: Case
+    status: str = "ok"
+    step_ms: float | None = None
+    tokens_per_s: float | None = None
+    peak_gib: float | None = None
+    tflops_per_s: float | None = None
+    mfu: float | None = None
+    loss: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def default_cases(p: int, t: int, cue: int = 8) -> list[Case]:
+    """The case list of the module docstring for physical length p and target t."""
+    ep = {"scheme": "endprompt", "target_length": t}
+    cases = [
+        Case("ep8k_b1", "ours", p, 1, **ep),
+        Case("ep8k_b8", "ours", p, 8, **ep),
+        Case("full64k_b1", "ours", t, 1),
+        Case("contig8k_b1", "ours", p, 1),
+        Case("upstream8k_b1", "upstream", p, 1),
+        Case("ref_ep8k_b1", "reference", p, 1, **ep),
+        Case("ref_ep8k_b8", "reference", p, 8, **ep),
+        Case("ref_full64k_b1", "reference", t, 1),
+    ]
+    for backend in ("cudnn", "flash"):
+        cases += [
+            Case(f"ep8k_b1_{backend}", "ours", p, 1, backend=backend, **ep),
+            Case(f"full64k_b1_{backend}", "ours", t, 1, backend=backend),
+        ]
+    return cases
+
+
+def batch_for(case: Case, vocab: int, device: torch.device, cue: int = 8) -> dict[str, torch.Tensor]:
+    """Random tokens, next-token labels and the case's position ids, all [batch, seq]."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (case.batch, case.seq_length + 1), generator=g)
+    if case.scheme == "endprompt":
+        segs = positions.endprompt(case.seq_length, case.target_length, cue)
+    else:
+        segs = positions.contiguous(case.seq_length)
+    pos = torch.from_numpy(positions.position_ids(segs)).expand(case.batch, -1)
+    return {
+        "tokens": tokens[:, :-1].to(device),
+        "labels": tokens[:, 1:].to(device),
+        "position_ids": pos.contiguous().to(device),
+    }
+
+
+def build(impl: str, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, use_te: bool | None):
+    """The model and a `loss_fn(model, batch) -> scalar` for one implementation."""
+    if impl == "reference":
+        model = ReferenceLlama(cfg).to(device=device, dtype=dtype)
+
+        def ref_loss(m, b):
+            logits = m(b["tokens"], b["position_ids"])
+            return F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
+
+        return model, ref_loss
+    from megatron_endprompt.model.gpt import build_model
+
+    if impl == "ours":
+        model = build_model(cfg, params_dtype=dtype, use_te=use_te)
+    elif impl == "upstream":
+        model = _upstream_gpt(cfg, dtype, use_te)
+    else:
+        raise ValueError(f"--impl: unknown implementation {impl!r}; choose from {IMPLS}")
+    # The local spec builds norms in fp32 and may leave them on the CPU: cast and move everything.
+    model = model.to(device=device, dtype=dtype)
+
+    def mcore_loss(m, b):
+        return m(b["tokens"], b["position_ids"], None, labels=b["labels"]).float().mean()
+
+    return model, mcore_loss
+
+
+def _upstream_gpt(cfg: ModelConfig, dtype: torch.dtype, use_te: bool | None):
+    """megatron-core's GPTModel with its own (contiguous, length-derived) RoPE; no rope scaling."""
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_endprompt.model.gpt import padded_vocab_size, to_transformer_config
+    from megatron_endprompt.model.specs import layer_spec
+
+    if cfg.rope_scaling.type != "none":
+        raise ValueError("upstream comparison runs without rope scaling (megatron's RoPE knobs differ)")
+    config = to_transformer_config(cfg, params_dtype=dtype, bf16=dtype == torch.bfloat16)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(use_te=use_te),
+        vocab_size=padded_vocab_size(cfg.vocab_size),
+        max_sequence_length=cfg.max_position_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.rope_theta),
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+    )
+
+
+def sdpa_backend(name: str):
+    """Context forcing one SDPA backend (`default`: PyTorch's own choice)."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    if name not in table:
+        raise ValueError(f"--backend: unknown SDPA backend {name!r}; choose from {BACKENDS}")
+    return sdpa_kernel([table[name]])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: torch.device) -> Result:
+    """Build, warm up, time `args.steps` optimizer steps; out-of-memory is a result, not a crash."""
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = opt = batch = None
+    try:
+        model, loss_fn = build(case.impl, cfg, dtype, device, args.use_te)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        batch = batch_for(case, cfg.vocab_size, device)
+        times, loss = [], None
+        for step in range(args.warmup + args.steps):
+            _sync(device)
+            start = time.perf_counter()
+            with sdpa_backend(case.backend):
+                loss = loss_fn(model, batch)
+                loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if step >= args.warmup:
+                times.append(time.perf_counter() - start)
+        return _summarise(case, cfg, args, device, times, float(loss))
+    except torch.OutOfMemoryError:
+        return Result(case, status="oom")
+    except (RuntimeError, ValueError) as err:  # e.g. a backend without a kernel for this shape
+        logger.warning("%s failed: %s", case.name, err)
+        return Result(case, status=f"error: {str(err).splitlines()[0][:200]}")
+    finally:
+        del model, opt, batch
+        gc.collect()
+
+
+def _summarise(case, cfg, args, device, times: list[float], loss: float) -> Result:
+    step_s = sorted(times)[len(times) // 2]  # median: robust to one slow step
+    tokens = case.batch * case.seq_length
+    tok_s = tokens / step_s
+    f = flops.flops_per_token(cfg, case.seq_length)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if peak is None and device.type == "cuda":
+        peak = flops.peak_flops(torch.cuda.get_device_name(device), args.dtype)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return Result(
+        case,
+        step_ms=round(step_s * 1e3, 2),
+        tokens_per_s=round(tok_s, 1),
+        peak_gib=round(mem, 2) if mem is not None else None,
+        tflops_per_s=round(tok_s * f / 1e12, 3),
+        mfu=round(flops.mfu(tok_s, f, peak), 4) if peak else None,
+        loss=round(loss, 4),
+        extra={"flops_per_token": f},
+    )
+
+
+def smoke_cases() -> list[Case]:
+    """Every case kind at toy sizes (CPU, seconds)."""
+    return [
+        Case(
+            c.name,
+            c.impl,
+            64 if c.seq_length == 8192 else 256,
+            min(c.batch, 2),
+            c.scheme,
+            256 if c.target_length else 0,
+        )
+        for c in default_cases(8192, 65536)
+        if c.backend == "default"
+    ]
+
+
+def to_markdown(results: list[Result], meta: dict) -> str:
+    """A results table with the formula and the environment."""
+    lines = [
+        "# Training throughput (one device, forward + backward + AdamW)",
+        "",
+        f"Model: {meta['model']} x {meta['layers']} layers, {meta['dtype']}; device: {meta['device']}; "
+        f"torch {meta['torch']}; steps timed: {meta['steps']} (median) after {meta['warmup']} warm-up.",
+        "MFU = tokens/s x (6N + 6 L d_attn s) / peak; N = matmul weights incl. LM head, excl. embedding; "
+        "s = physical length.",
+        "",
+        "| case | impl | P (physical) | batch | positions | SDPA | status | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r.case
+        pos = f"endprompt T={c.target_length}" if c.scheme == "endprompt" else "contiguous"
+        mfu = f"{r.mfu:.1%}" if r.mfu is not None else "n/a"
+        cells = [c.name, c.impl, c.seq_length, c.batch, pos, c.backend, r.status, r.step_ms, r.tokens_per_s,
+                 r.tflops_per_s, mfu, r.peak_gib]  # fmt: skip
+        lines.append("| " + " | ".join("" if v is None else str(v) for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="directory for results.json and results.md")
+    p.add_argument("--smoke", action="store_true", help="tiny model, tiny shapes, CPU allowed (seconds)")
+    p.add_argument("--model", default="llama3-8b", help="ModelConfig preset for the layer shapes")
+    p.add_argument(
+        "--layers", type=int, default=4, help="number of layers (8B at 64K does not fit otherwise)"
+    )
+    p.add_argument("--seq-length", type=int, default=8192, help="EndPrompt physical length P")
+    p.add_argument(
+        "--target-length", type=int, default=65536, help="target length T (also the full-length case)"
+    )
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per case")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--use-te", type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
+                   default=None, help="auto | true | false: Transformer Engine layer spec for our model")  # fmt: skip
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak dense TFLOP/s (default: from device name)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke:
+        cfg, cases, args.steps, args.warmup, args.dtype = get_preset("tiny"), smoke_cases(), 1, 1, "fp32"
+        cfg = cfg.replace(max_position_embeddings=256)
+    else:
+        if device.type != "cuda":
+            print("no CUDA device: run with --smoke on CPU; the full benchmark needs a GPU", file=sys.stderr)
+            raise SystemExit(2)
+        cfg = get_preset(args.model).replace(
+            num_layers=args.layers, max_position_embeddings=args.target_length
+        )
+        cases = default_cases(args.seq_length, args.target_length)
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        unknown = wanted - {c.name for c in cases}
+        if unknown:
+            raise SystemExit(f"--cases: unknown {sorted(unknown)}; known: {[c.name for c in cases]}")
+        cases = [c for c in cases if c.name in wanted]
+    from megatron_endprompt.parallel import initialize
+
+    initialize(tp=1, pp=1, cp=1, seed=1234)
+    results = []
+    for case in cases:
+        result = run_case(case, cfg, args, device)
+        logger.info("%-18s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB", case.name, result.status,
+                    result.step_ms, result.tokens_per_s, result.mfu, result.peak_gib)  # fmt: skip
+        results.append(result)
+    meta = {
+        "model": args.model if not args.smoke else "tiny", "layers": cfg.num_layers, "dtype": args.dtype,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup, "model_config": cfg.to_dict(),
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
+    )
+    (args.out / "results.md").write_text(to_markdown(results, meta))
+    print(to_markdown(results, meta))
+    return results
+
+
+if __name__ == "__main__":
+    main()

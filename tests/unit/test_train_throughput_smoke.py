@@ -1,0 +1,36 @@
+"""The GPU benchmark's --smoke mode runs every case kind on CPU, so the script keeps working between GPU sessions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from megatron_endprompt.model.config import get_preset
+from megatron_endprompt.training import flops
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "train_throughput.py"),
+        "--smoke",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    results = {r["case"]["name"]: r for r in data["results"]}
+    assert {"ep8k_b1", "full64k_b1", "upstream8k_b1", "ref_ep8k_b1"} <= set(results)
+    for name, r in results.items():
+        assert r["status"] == "ok", (name, r["status"])
+        assert r["tokens_per_s"] > 0 and 0 < r["loss"] < 20, (name, r)
+    # The FLOPs reported are the documented formula at the PHYSICAL length.
+    cfg = get_preset("tiny").replace(max_position_embeddings=256)
+    ep = results["ep8k_b1"]
+    assert ep["extra"]["flops_per_token"] == flops.flops_per_token(cfg, ep["case"]["seq_length"])
+    assert "| ep8k_b1 | ours |" in (tmp_path / "results.md").read_text()
