@@ -40,7 +40,7 @@ def _chain(rng: random.Random, name_len: int) -> tuple[list[str], list[str], str
 def _example(rng: random.Random) -> str:
     """A short solved example (RULER adds one few-shot example with 3-letter names)."""
     names, statements, value = _chain(rng, 3)
-    noise = list(vocab.NOISE_SENTENCES) * 2
+    noise = list(vocab.NOISE_SENTENCES)
     positions = sorted(rng.sample(range(len(noise)), len(statements)))
     for j, (pos, stmt) in enumerate(zip(positions, statements, strict=True)):
         noise.insert(pos + j, stmt)  # + j: earlier insertions shift later slots

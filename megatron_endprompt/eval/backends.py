@@ -1,0 +1,197 @@
+"""Model backends behind one protocol: our Megatron checkpoints (via `load_model`) and HF directories.
+
+Evaluation always feeds plain `arange` positions: position jumps are a training device only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+NLL_CHUNK = 2048
+"""Sequence positions per log-softmax chunk: bounds memory at [chunk, vocab] floats."""
+
+
+class ModelBackend(Protocol):
+    """What evaluation needs from a model."""
+
+    name: str
+    max_positions: int
+    """Largest position id + 1 the model is configured for (longer prompts are refused)."""
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[b, s] long -> [b, s, vocab] float32 logits with positions 0..s-1."""
+        ...
+
+    def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
+        """Negative log-likelihood of tokens 1..s-1 given their prefixes: float32 [s - 1]."""
+        ...
+
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+    ) -> list[int]:
+        """Greedy continuation (stop token excluded), at most `max_new_tokens` ids."""
+        ...
+
+
+def _positions(input_ids: torch.Tensor) -> torch.Tensor:
+    b, s = input_ids.shape
+    return torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
+
+
+def nll_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross entropy of [s, V] logits against [s] targets, chunked, in float32."""
+    out = [
+        F.cross_entropy(logits[i : i + NLL_CHUNK].float(), targets[i : i + NLL_CHUNK], reduction="none")
+        for i in range(0, targets.numel(), NLL_CHUNK)
+    ]
+    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+
+def greedy_recompute(
+    last_logits: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: Sequence[int],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    device: torch.device | str,
+) -> list[int]:
+    """Greedy decoding without a KV cache: one full forward per new token (fine for small models)."""
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        nxt = int(last_logits(ids).argmax(-1))
+        if nxt in stop_ids:
+            break
+        new.append(nxt)
+        ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
+    return new
+
+
+class HFBackend:
+    """A transformers causal LM from a local directory (config.json + weights)."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(self.device).eval()
+        self.name = f"hf:{Path(model_dir).name}"
+        self.max_positions = int(self.model.config.max_position_embeddings)
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids.to(self.device)
+        return self.model(input_ids=input_ids, position_ids=_positions(input_ids)).logits.float()
+
+    @torch.no_grad()
+    def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        if decoder is None or head is None:  # not a decoder + head model: take full logits
+            return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:])
+        hidden = decoder(input_ids=ids, position_ids=_positions(ids)).last_hidden_state[0, :-1]
+        out = [
+            F.cross_entropy(
+                head(hidden[i : i + NLL_CHUNK]).float(), ids[0, i + 1 : i + 1 + NLL_CHUNK], reduction="none"
+            )
+            for i in range(0, hidden.shape[0], NLL_CHUNK)
+        ]
+        return torch.cat(out).cpu() if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+    ) -> list[int]:
+        from transformers import GenerationConfig
+
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+        stop = list(stop_ids) or None
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop,
+            pad_token_id=stop[0] if stop else 0,
+        )  # fmt: skip
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        new = out[0, ids.shape[1] :].tolist()
+        for i, tok in enumerate(new):
+            if tok in stop_ids:
+                return new[:i]
+        return new
+
+
+class MegatronBackend:
+    """One of our Megatron checkpoints, loaded with `megatron_endprompt.load_model` (single process)."""
+
+    def __init__(
+        self, model: torch.nn.Module, name: str = "megatron", device: str | torch.device | None = None
+    ):
+        self.model = model.eval()
+        self.name = name
+        self.device = torch.device(device or next(model.parameters()).device)
+        self.max_positions = int(model.config.max_position_embeddings)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
+        from megatron_endprompt import load_model
+
+        return cls(load_model(str(path), device=device, dtype=dtype), name=f"megatron:{Path(path).name}")
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids.to(self.device)
+        return self.model(input_ids, _positions(input_ids)).float()
+
+    @torch.no_grad()
+    def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+        return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:]).cpu()
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+    ) -> list[int]:
+        return greedy_recompute(
+            lambda ids: self.logits(ids)[0, -1], input_ids, max_new_tokens, stop_ids, self.device
+        )
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """`megatron` (endprompt_model.json or a training save dir with `latest`), `hf` (config.json), else raise."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"--checkpoint: {p} is not a directory")
+    if (p / "endprompt_model.json").is_file() or (p / "latest").is_file():
+        return "megatron"
+    if (p / "config.json").is_file():
+        json.loads((p / "config.json").read_text())  # a clear JSON error beats a transformers traceback
+        return "hf"
+    raise ValueError(
+        f"--checkpoint: {p} is neither a Megatron checkpoint (endprompt_model.json / latest) nor an HF "
+        "directory (config.json)"
+    )
+
+
+def load_backend(
+    path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32, tp: int = 1, cp: int = 1
+) -> ModelBackend:
+    """Open a checkpoint directory with the right backend (multi-rank only for Megatron checkpoints)."""
+    kind = checkpoint_kind(path)
+    logger.info("loading %s checkpoint %s", kind, path)
+    if kind == "hf":
+        if tp * cp != 1:
+            raise ValueError(
+                "--tp/--cp apply to Megatron checkpoints; an HF directory is evaluated in one process"
+            )
+        return HFBackend(path, device=device, dtype=dtype)
+    if tp * cp != 1:
+        from megatron_endprompt.eval.parallel_backend import ParallelMegatronBackend
+
+        return ParallelMegatronBackend.from_checkpoint(path, tp=tp, cp=cp, device=device, dtype=dtype)
+    return MegatronBackend.from_checkpoint(path, device=device, dtype=dtype)

@@ -1,0 +1,179 @@
+"""`evaluate(...)`: run tasks x lengths x depths x samples on a backend and collect a results dict.
+
+Schema of the returned dict (also what tools/eval_long_context.py writes to results.json):
+- `format`, `version`: "megatron-endprompt-eval", 1.
+- `config`: every setting (tasks, lengths, depths, samples, seed, max_new_tokens, backend, tokenizer, ...).
+- `results`: {task: {str(length): score 0-100}} (mean over depths and samples; RULER string match).
+- `average`: {str(length): mean score over the generation tasks} (RULER's per-length average).
+- `depth_detail`: {task: {str(length): {depth: score}}} for tasks with a needle depth ("all" otherwise).
+- `perplexity`: {str(length): {ppl, tail_ppl, nll, windows, tokens}} when `perplexity` was requested.
+- `metrics`: {task: metric name}; `samples`: one record per prompt (answers, prediction, score, depths).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import mean
+
+import numpy as np
+
+from megatron_endprompt.eval.backends import ModelBackend
+from megatron_endprompt.eval.perplexity import load_token_stream, perplexity_by_length
+from megatron_endprompt.eval.scoring import metric_name, score_sample
+from megatron_endprompt.eval.tasks import PERPLEXITY, get_task, make_sample
+from megatron_endprompt.eval.tasks.base import TokenizerLike
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+RESULTS_FORMAT = "megatron-endprompt-eval"
+RESULTS_VERSION = 1
+
+
+def depth_key(depth: float | None) -> str:
+    """JSON key of a depth: `0.25`, `1`, or `all` for tasks without a needle depth."""
+    return "all" if depth is None else f"{depth:g}"
+
+
+def validate_request(
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    samples: int,
+    max_positions: int,
+    max_new_tokens: int | None = None,
+    ppl_data: object = None,
+) -> None:
+    """Check everything before any work; errors name the flag to fix."""
+    if not tasks:
+        raise ValueError("--tasks: give at least one task")
+    for task in tasks:
+        if task != PERPLEXITY:
+            get_task(task)
+    if not lengths or any(int(n) != n or n < 2 for n in lengths):
+        raise ValueError(f"--lengths: need positive integer token counts, got {list(lengths)}")
+    if any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"--depths: values are fractions in [0, 1] (e.g. 0,0.5,1), got {list(depths)}")
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    if PERPLEXITY in tasks and ppl_data is None:
+        raise ValueError(
+            "--tasks perplexity needs held-out text: pass --ppl-data (.txt/.jsonl or dataset prefix)"
+        )
+    for task in tasks:
+        budget = 0 if task == PERPLEXITY else (max_new_tokens or get_task(task).max_new_tokens)
+        too_long = [n for n in lengths if n + budget > max_positions]
+        if too_long:
+            raise ValueError(
+                f"--lengths: {too_long} plus {budget} generated tokens of task {task!r} exceed the model's "
+                f"max_position_embeddings {max_positions}; use lengths <= {max_positions - budget}"
+            )
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="eval", unit="prompt", dynamic_ncols=True)
+
+
+def _run_prompt(backend: ModelBackend, tokenizer: TokenizerLike, sample, budget: int) -> dict:
+    start = time.perf_counter()
+    generated = backend.generate(sample.prompt_ids, budget, stop_ids=[tokenizer.eod])
+    prediction = tokenizer.decode(generated)
+    return {
+        "task": sample.task,
+        "length": sample.metadata["length"],
+        "depth": sample.metadata.get("depth"),
+        "prompt_tokens": len(sample.prompt_ids),
+        "needle_depth_tokens": sample.needle_depth_tokens,
+        "needle_depth_fraction": sample.metadata.get("needle_depth_fraction"),
+        "answers": sample.answers,
+        "prediction": prediction,
+        "generated_ids": generated,
+        "score": score_sample(sample.task, prediction, sample.answers),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def _aggregate(records: list[dict]) -> tuple[dict, dict, dict]:
+    by_len: dict = defaultdict(lambda: defaultdict(list))
+    by_depth: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        by_len[r["task"]][str(r["length"])].append(r["score"])
+        by_depth[r["task"]][str(r["length"])][depth_key(r["depth"])].append(r["score"])
+    results = {t: {n: mean(v) for n, v in d.items()} for t, d in by_len.items()}
+    detail = {t: {n: {k: mean(v) for k, v in dd.items()} for n, dd in d.items()} for t, d in by_depth.items()}
+    lengths = sorted({n for d in results.values() for n in d}, key=int)
+    average = {n: mean(d[n] for d in results.values() if n in d) for n in lengths}
+    return results, detail, average
+
+
+def evaluate(
+    backend: ModelBackend,
+    tokenizer: TokenizerLike,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    depths: Sequence[float] = DEFAULT_DEPTHS,
+    samples: int = 4,
+    seed: int = 0,
+    *,
+    max_new_tokens: int | None = None,
+    ppl_data: str | Path | np.ndarray | None = None,
+    ppl_windows: int | None = None,
+    progress: bool = True,
+    extra_config: dict | None = None,
+) -> dict:
+    """Evaluate `backend` on `tasks` at every length (and depth, for needle tasks); see the module docstring."""
+    tasks, lengths, depths = list(tasks), [int(n) for n in lengths], [float(d) for d in depths]
+    validate_request(tasks, lengths, depths, samples, backend.max_positions, max_new_tokens, ppl_data)
+    gen_tasks = [t for t in tasks if t != PERPLEXITY]
+    plan = [
+        (task, n, d, i)
+        for task in gen_tasks
+        for n in lengths
+        for d in (depths if get_task(task).uses_depth else [None])
+        for i in range(samples)
+    ]
+    for task in gen_tasks:  # fail fast on lengths a task cannot fill, before any model work
+        for n in lengths:
+            make_sample(task, tokenizer, n, depths[0] if depths else 0.5, seed, 0)
+    start = time.perf_counter()
+    records = []
+    with _progress(len(plan), progress) as bar:
+        for task, n, d, i in plan:
+            sample = make_sample(task, tokenizer, n, d, seed, i)
+            budget = max_new_tokens or get_task(task).max_new_tokens
+            records.append(dict(_run_prompt(backend, tokenizer, sample, budget), index=i))
+            bar.update(1)
+    results, detail, average = _aggregate(records)
+    out = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "config": {
+            "tasks": tasks,
+            "lengths": lengths,
+            "depths": depths,
+            "samples": samples,
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "backend": backend.name,
+            "max_positions": backend.max_positions,
+            "tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
+            "ppl_data": None if ppl_data is None or isinstance(ppl_data, np.ndarray) else str(ppl_data),
+            **(extra_config or {}),
+        },  # fmt: skip
+        "results": results,
+        "average": average,
+        "depth_detail": detail,
+        "metrics": {t: metric_name(get_task(t).name) for t in gen_tasks},
+        "samples": records,
+    }
+    if PERPLEXITY in tasks:
+        stream = ppl_data if isinstance(ppl_data, np.ndarray) else load_token_stream(ppl_data, tokenizer)
+        out["perplexity"] = perplexity_by_length(backend, stream, lengths, ppl_windows or samples)
+    out["elapsed_s"] = round(time.perf_counter() - start, 3)
+    return out
