@@ -48,6 +48,8 @@ def _setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # megatron-core logs every parameter name and its whole optimizer config at INFO.
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
 
 
 def _dry_run(cfg: TrainConfig, as_json: bool) -> None:

@@ -1,70 +1,25 @@
-"""Which samples each step uses, and the micro-batches of one data-parallel rank.
+"""Micro-batches of one data-parallel rank, prefetched by DataLoader workers.
 
-The order is a pure function of (seed, position in the stream): position k of the training stream is sample
-`perm_e[k mod n]` of epoch e = k // n, with `perm_e` a seeded permutation of the n training samples. Step s uses
-stream positions [s * G, (s + 1) * G) (G = global batch size); micro-batch m of data-parallel rank r takes the
-G-slice [m * M * D + r * M, m * M * D + (r + 1) * M) (M = micro-batch size, D = data-parallel size), as in
-Megatron-LM's pretraining sampler. Resuming after `consumed_samples` therefore continues exactly where the
-interrupted run stopped, with no sample skipped or repeated, for any worker count.
+Which samples a step reads is decided by `data.blended.batch_indices` (a pure function of consumed_samples over a
+dataset that is already shuffled and repeated to the run's length), so a resumed run continues the exact stream
+whatever the worker count. Here the index lists are turned into collated torch tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 
 import numpy as np
 
-
-class SampleOrder:
-    """Seeded epoch-wise permutation of `num_samples` samples (epochs reshuffle independently)."""
-
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
-        if num_samples < 1:
-            raise ValueError("--data.paths: the training split has no samples")
-        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
-
-    @lru_cache(maxsize=4)  # noqa: B019 - a few epochs' permutations, owned by a long-lived object
-    def _perm(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_samples, dtype=np.int64)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples).astype(np.int64)
-
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        """Sample index at each stream position."""
-        positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty_like(positions)
-        epochs = positions // self.num_samples
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            out[sel] = self._perm(int(epoch))[positions[sel] % self.num_samples]
-        return out
-
-
-def step_indices(order: SampleOrder, step: int, global_batch_size: int) -> np.ndarray:
-    """Sample indices of the whole global batch of 0-based step `step`, in stream order."""
-    start = step * global_batch_size
-    return order.at(np.arange(start, start + global_batch_size))
-
-
-def rank_micro_batches(
-    global_indices: np.ndarray, micro_batch_size: int, dp_rank: int, dp_size: int
-) -> list[np.ndarray]:
-    """Split one step's global indices into this data-parallel rank's micro-batches."""
-    per_micro = micro_batch_size * dp_size
-    return [
-        global_indices[
-            m * per_micro + dp_rank * micro_batch_size : m * per_micro + (dp_rank + 1) * micro_batch_size
-        ]
-        for m in range(len(global_indices) // per_micro)
-    ]
+BATCH_KEYS = ("tokens", "labels", "loss_weights", "position_ids")
 
 
 def collate(samples: list[dict[str, np.ndarray]]):
-    """Stack samples into a micro-batch of torch tensors [micro_batch_size, P]."""
+    """Stack samples into a micro-batch of torch tensors [micro_batch_size, P] (extra keys such as a blend's
+    `dataset_id` are dropped)."""
     import torch
 
-    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+    return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in BATCH_KEYS}
 
 
 class _MicroBatchDataset:
@@ -80,9 +35,25 @@ class _MicroBatchDataset:
         return len(self.samples)
 
 
+def index_stream(
+    consumed_samples: int,
+    steps: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+) -> Iterator[list[int]]:
+    """This rank's micro-batch index lists for `steps` steps starting at stream position `consumed_samples`."""
+    from megatron_endprompt.data.blended import batch_indices
+
+    for s in range(steps):
+        start = consumed_samples + s * global_batch_size
+        yield from batch_indices(start, global_batch_size, micro_batch_size, dp_rank, dp_size)
+
+
 def micro_batch_loader(
     samples: Sequence,
-    index_lists: Iterator[np.ndarray],
+    index_lists: Iterator[list[int]],
     num_workers: int,
     pin_memory: bool = False,
 ) -> Iterator[dict]:
@@ -110,7 +81,7 @@ def _first(items: list) -> dict:
 class _ListSampler:
     """Yields pre-computed index lists (one per micro-batch) as DataLoader 'indices'."""
 
-    def __init__(self, index_lists: Iterator[np.ndarray]) -> None:
+    def __init__(self, index_lists: Iterator[list[int]]) -> None:
         self.index_lists = index_lists
 
     def __iter__(self):

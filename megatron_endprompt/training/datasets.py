@@ -1,9 +1,9 @@
-"""Train / validation sample sequences from `--data.*`: open prefixes, split, blend, or mock data.
+"""Train / validation datasets for the loop, from `--data.*`.
 
-Split: every prefix's samples are cut into contiguous train / valid / test ranges by the `--data.split`
-percentages (so the validation samples never appear in training). Blend: with `--data.weights`, position k of the
-blended training set comes from the dataset whose share is most behind its weight after k samples (Megatron's
-greedy blending rule), cycling through that dataset's own samples; without weights the datasets are concatenated.
+Real data: `data.blended.build_train_valid_test` (megatron-core's blended/split builder over our built prefixes,
+shuffled by `--data.seed` and repeated to exactly the samples the run needs). Mock data (`--data.mock`): every
+index is an independent synthetic sample, so a contiguous split and a wrap-around are enough.
+Either way, index k of the returned training set is the k-th sample of the run's stream.
 """
 
 from __future__ import annotations
@@ -11,66 +11,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from megatron_endprompt.model.config import ModelConfig
 from megatron_endprompt.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-class Subset(Sequence):
-    """Samples [start, stop) of another sequence."""
+class Window(Sequence):
+    """`size` samples taken from base[start:stop), wrapping around (mock data's epochs)."""
 
-    def __init__(self, base: Sequence, start: int, stop: int) -> None:
-        self.base, self.start, self.stop = base, start, stop
+    def __init__(self, base: Sequence, start: int, stop: int, size: int) -> None:
+        if stop <= start:
+            raise ValueError("--data.split leaves this split empty")
+        self.base, self.start, self.span, self.size = base, start, stop - start, size
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.size
 
     def __getitem__(self, i: int):  # type: ignore[override]
-        if not 0 <= i < len(self):
+        if not 0 <= i < self.size:
             raise IndexError(i)
-        return self.base[self.start + i]
-
-
-class Concat(Sequence):
-    """Datasets one after another."""
-
-    def __init__(self, parts: list[Sequence]) -> None:
-        self.parts = [p for p in parts if len(p)]
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int):  # type: ignore[override]
-        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
-        return self.parts[part][i - int(self.offsets[part])]
-
-
-class Blend(Sequence):
-    """`size` samples drawn from `parts` in proportion to `weights` (deterministic greedy interleave)."""
-
-    def __init__(self, parts: list[Sequence], weights: list[float], size: int) -> None:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.sum() <= 0:
-            raise ValueError("--data.weights must not all be 0")
-        w = w / w.sum()
-        self.parts = parts
-        self.which = np.empty(size, dtype=np.int64)
-        self.within = np.empty(size, dtype=np.int64)
-        counts = np.zeros(len(parts), dtype=np.int64)
-        for k in range(size):
-            d = int(np.argmax(w * (k + 1) - counts))
-            self.which[k], self.within[k] = d, counts[d] % len(parts[d])
-            counts[d] += 1
-
-    def __len__(self) -> int:
-        return len(self.which)
-
-    def __getitem__(self, i: int):  # type: ignore[override]
-        return self.parts[int(self.which[i])][int(self.within[i])]
+        return self.base[self.start + i % self.span]
 
 
 def split_bounds(n: int, split: str) -> list[tuple[int, int]]:
@@ -78,72 +39,84 @@ def split_bounds(n: int, split: str) -> list[tuple[int, int]]:
     shares = [float(x) for x in split.replace("/", ",").split(",")]
     shares += [0.0] * (3 - len(shares))
     total = sum(shares)
-    cuts = [0]
+    cuts, acc = [0], 0.0
     for share in shares:
-        cuts.append(cuts[-1] + share / total * n)
-    cuts = [int(round(c)) for c in cuts]
+        acc += share / total * n
+        cuts.append(int(round(acc)))
     cuts[-1] = n
     return [(cuts[i], cuts[i + 1]) for i in range(3)]
 
 
-def open_prefixes(cfg: TrainConfig, model: ModelConfig) -> list[Sequence]:
-    """Every `--data.paths` prefix (or one mock dataset), checked against the model and seq_length."""
+def _needed(cfg: TrainConfig) -> tuple[int, int | None]:
+    """Samples the run reads from the train and valid splits."""
+    gbs = cfg.data.global_batch_size
+    valid = cfg.logging.eval_steps * gbs if cfg.logging.eval_interval else None
+    return cfg.train_steps * gbs, valid
+
+
+def _mock_splits(cfg: TrainConfig, model: ModelConfig) -> tuple[Sequence, Sequence | None]:
+    from megatron_endprompt.training.mock_data import MockSamples
+
     d = cfg.data
-    if d.mock:
-        from megatron_endprompt.training.mock_data import MockSamples
+    base = MockSamples(
+        d.mock_num_samples,
+        d.seq_length,
+        model.vocab_size,
+        model.max_position_embeddings,
+        d.cue_loss_weight,
+        d.seed,
+    )
+    (t0, t1), (v0, v1), _ = split_bounds(len(base), d.split)
+    n_train, n_valid = _needed(cfg)
+    valid = Window(base, v0, v1, n_valid) if n_valid and v1 > v0 else None
+    return Window(base, t0, t1, n_train), valid
 
-        return [
-            MockSamples(
-                d.mock_num_samples,
-                d.seq_length,
-                model.vocab_size,
-                model.max_position_embeddings,
-                d.cue_loss_weight,
-                d.seed,
-            )
-        ]
-    from megatron_endprompt.data import dataset as data_io
 
-    out = []
-    for prefix in d.paths:
+def check_prefixes(cfg: TrainConfig, model: ModelConfig) -> None:
+    """Every prefix exists and fits the model (P, target length T, vocabulary) before any heavy work."""
+    from megatron_endprompt.data.dataset import load_samples
+
+    for prefix in cfg.data.paths:
         try:
-            samples = data_io.load_samples(prefix, cue_loss_weight=d.cue_loss_weight)
-        except FileNotFoundError as exc:
+            samples = load_samples(prefix, cue_loss_weight=cfg.data.cue_loss_weight)
+        except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"--data.paths {prefix}: {exc}") from None
-        _check_compatible(prefix, samples, cfg, model)
-        out.append(samples)
-    return out
-
-
-def _check_compatible(prefix: str, samples, cfg: TrainConfig, model: ModelConfig) -> None:
-    p = getattr(samples, "seq_length", cfg.data.seq_length)
-    if p != cfg.data.seq_length:
-        raise ValueError(f"--data.seq_length is {cfg.data.seq_length} but {prefix} holds samples of P={p}")
-    t = getattr(samples, "target_length", None)
-    if t is not None and t > model.max_position_embeddings:
-        raise ValueError(
-            f"--model.max_position_embeddings ({model.max_position_embeddings}) is below the target length T={t} "
-            f"of {prefix}; raise it (and set --model.rope_scaling)"
-        )
-    vocab = (getattr(samples, "meta", {}) or {}).get("tokenizer", {}).get("vocab_size")
-    if vocab is not None and vocab > model.vocab_size:
-        raise ValueError(f"{prefix}: tokenizer vocab {vocab} exceeds --model.vocab_size ({model.vocab_size})")
+        if samples.seq_length != cfg.data.seq_length:
+            raise ValueError(
+                f"--data.seq_length is {cfg.data.seq_length} but {prefix} holds samples of P={samples.seq_length}"
+            )
+        if samples.target_length > model.max_position_embeddings:
+            raise ValueError(
+                f"--model.max_position_embeddings ({model.max_position_embeddings}) is below the target length "
+                f"T={samples.target_length} of {prefix}; raise it (and set --model.rope_scaling)"
+            )
+        vocab = samples.meta.get("tokenizer", {}).get("vocab_size")
+        if vocab is not None and vocab > model.vocab_size:
+            raise ValueError(
+                f"{prefix}: tokenizer vocab {vocab} exceeds --model.vocab_size ({model.vocab_size})"
+            )
 
 
 def build_splits(cfg: TrainConfig, model: ModelConfig) -> tuple[Sequence, Sequence | None]:
-    """(train, valid) samples; valid is None when the split gives it no share."""
-    parts = open_prefixes(cfg, model)
-    bounds = [split_bounds(len(p), cfg.data.split) for p in parts]
-    train_parts = [Subset(p, *b[0]) for p, b in zip(parts, bounds, strict=True)]
-    valid_parts = [Subset(p, *b[1]) for p, b in zip(parts, bounds, strict=True)]
-    if cfg.data.weights is not None and len(parts) > 1:
-        needed = cfg.train_steps * cfg.data.global_batch_size
-        empty = [cfg.data.paths[i] for i, p in enumerate(train_parts) if not len(p)]
-        if empty:
-            raise ValueError(f"--data.split leaves no training samples in {empty}")
-        train: Sequence = Blend(train_parts, cfg.data.weights, needed)
+    """(train, valid): train has exactly train_steps * global_batch_size samples; valid None when unused."""
+    if cfg.data.mock:
+        train, valid = _mock_splits(cfg, model)
     else:
-        train = Concat(train_parts)
-    valid = Concat(valid_parts)
-    logger.info("data: %d training samples, %d validation samples", len(train), len(valid))
-    return train, (valid if len(valid) else None)
+        from megatron_endprompt.data.blended import build_train_valid_test
+
+        check_prefixes(cfg, model)
+        d = cfg.data
+        blend = list(zip(d.paths, d.weights, strict=True)) if d.weights is not None else list(d.paths)
+        n_train, n_valid = _needed(cfg)
+        train, valid, _ = build_train_valid_test(
+            blend,
+            split=d.split,
+            seed=d.seed,
+            cue_loss_weight=d.cue_loss_weight,
+            num_samples=[n_train, n_valid or 0, 0],
+            seq_length=d.seq_length,
+        )
+        if train is None:
+            raise ValueError(f"--data.split {d.split!r} leaves no training samples")
+    logger.info("data: %d training samples, %d validation samples", len(train), len(valid) if valid else 0)
+    return train, valid

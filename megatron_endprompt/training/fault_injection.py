@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -31,35 +31,27 @@ def kill_after_step(kill_at_step: int | None, iteration: int) -> None:
 
 
 @contextlib.contextmanager
-def kill_during_save(kill_at: int | None, save_dir: str, iteration: int) -> Iterator[None]:
+def kill_during_save(
+    kill_at: int | None, save_dir: str, iteration: int
+) -> Iterator[Callable[[], None] | None]:
     """While the checkpoint of `kill_at` is written: SIGKILL as soon as a file appears in its temporary
-    directory, and at the latest when the save tries to rename that directory into place (so the kill
-    always lands before the checkpoint is committed)."""
+    directory (a half-written checkpoint), and at the latest in the save's `before_commit` hook, once everything
+    is written but before the directory is published. Yields the hook to pass to `save_checkpoint`."""
     if kill_at is None or iteration != kill_at:
-        yield
+        yield None
         return
     stop = threading.Event()
-    prefix = f"iter_{iteration:07d}"
+    tmp = Path(save_dir) / f"iter_{iteration:07d}.tmp"
 
     def watch() -> None:
         while not stop.is_set():
-            for tmp in Path(save_dir).glob(prefix + "*.tmp"):
-                if tmp.is_dir() and any(tmp.iterdir()):
-                    _die(f"while {tmp} was being written")
+            if tmp.is_dir() and any(tmp.iterdir()):
+                _die(f"while {tmp} was being written")
             stop.wait(0.0005)
-
-    real_rename = os.rename
-
-    def rename(src, dst, *args, **kwargs):
-        if str(src).endswith(".tmp") and Path(src).name.startswith(prefix):
-            _die(f"before committing {src}")
-        return real_rename(src, dst, *args, **kwargs)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    os.rename = rename
     try:
-        yield
+        yield lambda: _die(f"before committing {tmp}")
     finally:
-        os.rename = real_rename
         stop.set()

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from megatron_endprompt.training import batches, fault_injection, flops
 from megatron_endprompt.training.config import TrainConfig
@@ -42,14 +41,16 @@ class _Interval:
     cue: list[float] = field(default_factory=list)
     skipped: int = 0
     sample_indices: list[int] = field(default_factory=list)
+    sample_crc32: list[int] = field(default_factory=list)
 
-    def add(self, result, indices: np.ndarray | None) -> None:
+    def add(self, result, ids: dict | None) -> None:
         self.losses.append(result.loss)
         self.text.append(result.text_loss)
         self.cue.append(result.cue_loss)
         self.skipped += int(result.skipped)
-        if indices is not None:
-            self.sample_indices.extend(int(i) for i in indices)
+        if ids is not None:
+            self.sample_indices.extend(ids["sample_indices"])
+            self.sample_crc32.extend(ids["sample_crc32"])
 
 
 def _mean(values: list[float]) -> float | None:
@@ -75,16 +76,6 @@ def _data_parallel() -> tuple[int, int]:
     from megatron.core import parallel_state as ps
 
     return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
-
-
-def _index_stream(
-    order: batches.SampleOrder, cfg: TrainConfig, consumed: int, steps: int, dp: tuple[int, int]
-):
-    """Yield this rank's micro-batch index lists for `steps` steps from stream position `consumed`."""
-    gbs = cfg.data.global_batch_size
-    for s in range(steps):
-        global_indices = order.at(np.arange(consumed + s * gbs, consumed + (s + 1) * gbs))
-        yield from batches.rank_micro_batches(global_indices, cfg.data.micro_batch_size, *dp)
 
 
 def restore(cfg: TrainConfig, engine) -> tuple[int, int]:
@@ -124,15 +115,24 @@ def _save(cfg: TrainConfig, engine, iteration: int, consumed: int) -> None:
     from megatron_endprompt.training import checkpoint as ckpt
 
     save = cfg.checkpoint.save
-    with fault_injection.kill_during_save(cfg.debug.kill_during_save_at, save, iteration):
-        ckpt.save_checkpoint(engine, save, iteration, consumed, {"config": cfg.to_dict()})
+    extra = {"global_batch_size": cfg.data.global_batch_size, "data_seed": cfg.data.seed}
+    with fault_injection.kill_during_save(cfg.debug.kill_during_save_at, save, iteration) as before_commit:
+        ckpt.save_checkpoint(
+            engine,
+            save,
+            iteration,
+            consumed,
+            extra,
+            keep_last=cfg.checkpoint.keep_last,
+            before_commit=before_commit,
+        )
     logger.info("saved checkpoint %s/iter_%07d", save, iteration)
 
 
 def evaluate(cfg: TrainConfig, engine, valid: Sequence, dp: tuple[int, int]) -> dict[str, float | None]:
     """Loss on the first `eval_steps` global batches of the validation split (the same batches every time)."""
-    order = batches.SampleOrder(len(valid), cfg.data.seed, shuffle=False)
-    stream = _index_stream(order, cfg, 0, cfg.logging.eval_steps, dp)
+    d = cfg.data
+    stream = batches.index_stream(0, cfg.logging.eval_steps, d.global_batch_size, d.micro_batch_size, *dp)
     weighted, weight, text, cue = 0.0, 0.0, [], []
     for _ in range(cfg.logging.eval_steps):
         micro = [batches.collate([valid[int(i)] for i in next(stream)]) for _ in range(cfg.num_micro_batches)]
@@ -164,8 +164,8 @@ class _Reporter:
         self.interval = _Interval()
         self.t_start = time.perf_counter()
 
-    def step(self, result, indices: np.ndarray | None, last: bool) -> None:
-        self.interval.add(result, indices)
+    def step(self, result, ids: dict | None, last: bool) -> None:
+        self.interval.add(result, ids)
         self.throughput.add(self.cfg.tokens_per_step)
         if result.iteration % self.cfg.logging.log_interval and not last:
             return
@@ -188,6 +188,7 @@ class _Reporter:
         }
         if self.cfg.debug.log_sample_indices:
             record["sample_indices"] = self.interval.sample_indices
+            record["sample_crc32"] = self.interval.sample_crc32
         self.metrics.log(record)
         self.interval = _Interval()
 
@@ -234,33 +235,32 @@ def train(cfg: TrainConfig) -> TrainSummary:
         logger.info("nothing to do: checkpoint iteration %d >= train steps %d", start, total)
         return summary
     dp = _data_parallel()
-    order = batches.SampleOrder(len(train_set), cfg.data.seed)
-    loader = batches.micro_batch_loader(
-        train_set, _index_stream(order, cfg, consumed, total - start, dp), cfg.data.num_workers, _pin_memory()
-    )
+    d = cfg.data
+    stream = batches.index_stream(consumed, total - start, d.global_batch_size, d.micro_batch_size, *dp)
+    loader = batches.micro_batch_loader(train_set, stream, d.num_workers, _pin_memory())
     reporter = _Reporter(cfg, start)
     logger.info(
         "training steps %d..%d (%d micro-batches per step per rank)", start + 1, total, cfg.num_micro_batches
     )
     try:
-        _run_steps(cfg, engine, loader, order, reporter, valid_set, dp, summary)
+        _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary)
     finally:
         reporter.metrics.close()
     return summary
 
 
-def _run_steps(cfg, engine, loader, order, reporter, valid_set, dp, summary: TrainSummary) -> None:
+def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSummary) -> None:
     total, gbs = cfg.train_steps, cfg.data.global_batch_size
     saved_at = None
     for iteration in range(summary.iteration + 1, total + 1):
         position = summary.consumed_samples
-        result = engine.train_step(_micro_batches(loader, cfg.num_micro_batches))
+        micro_batches = _micro_batches(loader, cfg.num_micro_batches)
+        result = engine.train_step(micro_batches)
         check_finite(result.iteration, result.loss)
         fault_injection.kill_after_step(cfg.debug.kill_at_step, result.iteration)
         summary.iteration, summary.consumed_samples = result.iteration, position + gbs
         summary.losses.append(result.loss)
-        indices = order.at(np.arange(position, position + gbs)) if cfg.debug.log_sample_indices else None
-        reporter.step(result, indices, last=iteration == total)
+        reporter.step(result, _sample_ids(cfg, position, micro_batches), last=iteration == total)
         if cfg.logging.eval_interval and (iteration % cfg.logging.eval_interval == 0 or iteration == total):
             values = evaluate(cfg, engine, valid_set, dp)
             summary.last_eval_loss = values["eval_loss"]
@@ -271,6 +271,17 @@ def _run_steps(cfg, engine, loader, order, reporter, valid_set, dp, summary: Tra
             saved_at = iteration
     if cfg.checkpoint.save and cfg.checkpoint.save_at_end and saved_at != total:
         _save(cfg, engine, total, summary.consumed_samples)
+
+
+def _sample_ids(cfg: TrainConfig, position: int, micro_batches: list[dict]) -> dict | None:
+    """Debug: the step's stream positions (all ranks) and a CRC32 of each of this rank's token rows."""
+    if not cfg.debug.log_sample_indices:
+        return None
+    rows = [row.numpy().tobytes() for mb in micro_batches for row in mb["tokens"]]
+    return {
+        "sample_indices": list(range(position, position + cfg.data.global_batch_size)),
+        "sample_crc32": [zlib.crc32(row) for row in rows],
+    }
 
 
 def _pin_memory() -> bool:

@@ -128,7 +128,7 @@ def format_record(r: dict[str, Any]) -> str:
         ("lr", "{:.3e}"),
         ("grad_norm", "{:.3f}"),
         ("tokens_per_s", "{:.0f}"),
-        ("tflops_per_gpu", "{:.1f}"),
+        ("tflops_per_gpu", "{:.3g}"),
         ("mfu", "{:.1%}"),
         ("peak_mem_gib", "{:.2f}"),
     ):
