@@ -1,0 +1,339 @@
+"""Save and restore the whole training state with megatron-core dist_checkpointing.
+
+Directory layout (format version 1; `checkpoint_io` makes it crash-safe):
+
+    <save>/latest                      text: name of the newest complete checkpoint, written last
+    <save>/iter_0000100/
+        metadata.json, .metadata, *.distcp, common.pt
+                                       the MODEL: a torch_dist dist checkpoint of model.sharded_state_dict()
+                                       (the same layout `convert.hf_to_megatron` writes, so `load_model` and
+                                       our weights-only load read both); resharded freely over TP/PP
+        endprompt_model.json           ModelConfig.to_dict()
+        optimizer/                     dist checkpoint of optimizer.sharded_state_dict(model keys); the
+                                       distributed optimizer uses 'dp_reshardable' (TP/PP layout fixed)
+        rng/rank_00000.pt ...          per-rank RNG states (python, numpy, torch CPU/CUDA, megatron tracker)
+        train_state.json               iteration, lr_step, consumed_samples, saved layout, `extra`
+        train_config.json              the TrainConfig (`to_dict()`) when the engine has one
+        checkpoint_complete            marker written last, before the directory is renamed into place
+
+Every rank must call `save_checkpoint` / `load_checkpoint` (collective). A shared filesystem is assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.training.checkpoint_io import (
+    begin_save,
+    checkpoint_name,
+    commit_save,
+    find_latest,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_CONFIG_FILE = "endprompt_model.json"
+TRAIN_STATE_FILE = "train_state.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+OPTIMIZER_DIR = "optimizer"
+RNG_DIR = "rng"
+DIST_OPT_SHARDING = "dp_reshardable"
+"""The only DistributedOptimizer format that saved and loaded on megatron-core 0.16.1 (see MEGATRON_CORE_NOTES)."""
+_SHAPE_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
+    "kv_channels", "tie_word_embeddings",
+)  # fmt: skip
+
+__all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "resolve_checkpoint_dir"]
+
+
+def save_checkpoint(
+    engine,
+    save_dir: str | os.PathLike,
+    iteration: int,
+    consumed_samples: int,
+    extra: dict[str, Any] | None = None,
+    *,
+    keep_last: int | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> Path:
+    """Write the engine's full state as `<save_dir>/iter_XXXXXXX` and point `latest` at it (collective).
+
+    `extra` must be JSON-serialisable (e.g. the data loader position). `before_commit` runs on every rank once
+    everything is written but before the directory is published (fault-injection tests kill the process there).
+    """
+    from megatron.core import dist_checkpointing
+
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        begin_save(save_dir, iteration)
+    dist.barrier()
+    tmp = Path(save_dir) / (checkpoint_name(iteration) + ".tmp")
+    model_sd = _model_sharded_state_dict(engine)
+    dist_checkpointing.save(model_sd, str(tmp))
+    if rank0:
+        (tmp / OPTIMIZER_DIR).mkdir()
+        (tmp / RNG_DIR).mkdir()
+    dist.barrier()
+    opt_sd = engine.optimizer.sharded_state_dict(
+        _model_sharded_state_dict(engine), is_loading=False, metadata=_optimizer_metadata(engine)
+    )
+    dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR))
+    _save_rng(tmp / RNG_DIR / f"rank_{dist.get_rank():05d}.pt")
+    if rank0:
+        _write_json(tmp / MODEL_CONFIG_FILE, engine.model_config.to_dict())
+        _write_json(tmp / TRAIN_STATE_FILE, _train_state(engine, iteration, consumed_samples, extra))
+        if getattr(engine, "cfg", None) is not None:
+            _write_json(tmp / TRAIN_CONFIG_FILE, engine.cfg.to_dict())
+    dist.barrier()
+    if before_commit is not None:
+        before_commit()
+    final = commit_save(save_dir, iteration, keep_last) if rank0 else None
+    dist.barrier()
+    logger.info("saved checkpoint %s", final or Path(save_dir) / checkpoint_name(iteration))
+    return Path(save_dir) / checkpoint_name(iteration)
+
+
+def load_checkpoint(engine, load_dir: str | os.PathLike, *, weights_only: bool = False) -> dict[str, Any]:
+    """Restore the engine from a checkpoint dir, or from the latest one under a save dir (collective).
+
+    weights_only: load only the model weights (fine-tuning from an HF-converted checkpoint, or changing the
+    TP/PP layout of a distributed-optimizer run); the optimizer starts fresh and the counters stay at 0.
+    Returns the train state (`iteration`, `consumed_samples`, `extra`, ..., and `path`); for weights-only
+    loads only `path` and whatever train state the directory has.
+    """
+    path = resolve_checkpoint_dir(load_dir)
+    _check_model_config(engine.model_config, path)
+    state = _read_json(path / TRAIN_STATE_FILE) if (path / TRAIN_STATE_FILE).is_file() else {}
+    if not weights_only and not state:
+        raise ValueError(
+            f"--checkpoint.load: {path} holds weights only (no {TRAIN_STATE_FILE}); use it as "
+            "checkpoint.init_from instead"
+        )
+    _load_model(engine, path)
+    if weights_only:
+        engine.optimizer.reload_model_params()  # fp32 master weights follow the loaded model weights
+        logger.info("loaded weights from %s", path)
+        return {**state, "path": str(path)}
+    _check_same_optimizer_layout(engine, state, path)
+    _load_optimizer(engine, path)
+    engine.iteration = int(state["iteration"])
+    engine.lr_step = int(state["lr_step"])
+    engine.consumed_samples = int(state["consumed_samples"])
+    _load_rng(engine, path, state)
+    logger.info("resumed from %s at iteration %d", path, engine.iteration)
+    return {**state, "path": str(path)}
+
+
+def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
+    """A checkpoint directory itself, or the latest complete one under a save directory."""
+    path = Path(load_dir)
+    if (path / "metadata.json").is_file():
+        return path
+    latest = find_latest(path)
+    if latest is None:
+        raise FileNotFoundError(f"--checkpoint.load: no complete checkpoint in {path}")
+    return latest
+
+
+# ---------------------------------------------------------------------- model and optimizer
+
+
+def _model_sharded_state_dict(engine) -> dict:
+    chunks = engine.unwrapped_model()
+    if len(chunks) != 1:
+        raise NotImplementedError("checkpointing supports one model chunk per rank (no virtual pipeline)")
+    return chunks[0].sharded_state_dict()
+
+
+def _load_model(engine, path: Path) -> None:
+    from megatron.core import dist_checkpointing
+
+    state = dist_checkpointing.load(_model_sharded_state_dict(engine), str(path))
+    engine.unwrapped_model()[0].load_state_dict(state, strict=True)
+
+
+def _optimizer_metadata(engine) -> dict:
+    if engine.cfg.optimizer.use_distributed_optimizer:
+        return {"distrib_optim_sharding_type": DIST_OPT_SHARDING}
+    return {}
+
+
+def _load_optimizer(engine, path: Path) -> None:
+    from megatron.core import dist_checkpointing
+
+    _ensure_optimizer_state(engine.optimizer)
+    opt_sd = engine.optimizer.sharded_state_dict(
+        _model_sharded_state_dict(engine), is_loading=True, metadata=_optimizer_metadata(engine)
+    )
+    state = dist_checkpointing.load(opt_sd, str(path / OPTIMIZER_DIR))
+    with torch.no_grad():  # the distributed optimizer copies into leaf tensors that require grad
+        engine.optimizer.load_state_dict(state)
+    if engine.cfg.optimizer.use_distributed_optimizer:
+        _restore_adam_steps(engine.optimizer)
+
+
+def _ensure_optimizer_state(optimizer) -> None:
+    """Give a fresh torch Adam zero moments and step 0 (overwritten by the load).
+
+    Without apex/TE, DistributedOptimizer.state_dict() reads `step` from the torch optimizer's state, which
+    torch creates lazily at the first step: building the sharded state dict of a fresh optimizer fails
+    (`assert len(steps) == 1`, distrib_optimizer.py:642).
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW) or len(inner.state):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                inner.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p),
+                    "exp_avg_sq": torch.zeros_like(p),
+                }
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """Re-apply the step count after a DistributedOptimizer load (megatron-core 0.16.1 without apex/TE).
+
+    Its load_state_dict sets torch Adam's per-parameter `step` from the param groups, but the dp_reshardable
+    parameter state loaded afterwards overwrites `step` with the placeholder of the fresh optimizer, which
+    would restart Adam's bias correction. The param groups still hold the saved step.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+            continue
+        for group in inner.param_groups:
+            if "step" not in group:
+                continue
+            for p in group["params"]:
+                if p in inner.state:
+                    inner.state[p]["step"] = torch.tensor(float(group["step"]))
+
+
+def _layout() -> dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "tensor_parallel": ps.get_tensor_model_parallel_world_size(),
+        "pipeline_parallel": ps.get_pipeline_model_parallel_world_size(),
+        "context_parallel": ps.get_context_parallel_world_size(),
+        "data_parallel": ps.get_data_parallel_world_size(),
+        "world_size": dist.get_world_size(),
+    }
+
+
+def _train_state(engine, iteration: int, consumed_samples: int, extra: dict | None) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "iteration": iteration,
+        "lr_step": engine.lr_step,
+        "consumed_samples": consumed_samples,
+        "layout": _layout(),
+        "use_distributed_optimizer": bool(engine.cfg.optimizer.use_distributed_optimizer),
+        "dtype": engine.cfg.precision.dtype,
+        "extra": extra or {},
+    }
+
+
+def _check_same_optimizer_layout(engine, state: dict, path: Path) -> None:
+    """The distributed optimizer's dp_reshardable state only reshards over DP: refuse other changes."""
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
+    saved_dist = state.get("use_distributed_optimizer", False)
+    if saved_dist != bool(engine.cfg.optimizer.use_distributed_optimizer):
+        raise ValueError(
+            f"--optimizer.use_distributed_optimizer: {path} was saved with {saved_dist}; keep it, or resume "
+            "weights only (checkpoint.init_from)"
+        )
+    if saved_dist:
+        now, saved = _layout(), state["layout"]
+        keys = ("tensor_parallel", "pipeline_parallel", "context_parallel")
+        if any(now[k] != saved[k] for k in keys):
+            raise ValueError(
+                f"--parallel: {path} holds distributed-optimizer state for (tp, pp, cp) = "
+                f"{tuple(saved[k] for k in keys)}, which reshards over data-parallel ranks only; resume at that "
+                "layout, or load weights only (checkpoint.init_from)"
+            )
+
+
+def _check_model_config(current: ModelConfig, path: Path) -> None:
+    """Weight shapes must agree; RoPE settings may differ (context extension changes them on purpose)."""
+    file = path / MODEL_CONFIG_FILE
+    if not file.is_file():
+        logger.warning("%s has no %s; cannot check the architecture", path, MODEL_CONFIG_FILE)
+        return
+    saved = ModelConfig.from_dict(_read_json(file))
+    diff = {
+        k: (getattr(saved, k), getattr(current, k))
+        for k in _SHAPE_FIELDS
+        if getattr(saved, k) != getattr(current, k)
+    }
+    if diff:
+        raise ValueError(f"--model: {path} was saved for another architecture; (saved, configured): {diff}")
+    if saved != current:
+        logger.info(
+            "%s: RoPE / position settings differ from the checkpoint's (expected when extending)", path
+        )
+
+
+# ---------------------------------------------------------------------- RNG
+
+
+def _save_rng(file: Path) -> None:
+    from megatron.core import tensor_parallel
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    with open(file, "wb") as f:
+        torch.save(state, f)
+
+
+def _load_rng(engine, path: Path, state: dict) -> None:
+    """Restore this rank's RNG streams when the layout is unchanged (otherwise ranks do not correspond)."""
+    from megatron.core import tensor_parallel
+
+    file = path / RNG_DIR / f"rank_{dist.get_rank():05d}.pt"
+    if state.get("layout") != _layout() or not file.is_file():
+        logger.warning("%s: parallel layout changed; RNG states are not restored", path)
+        return
+    try:
+        rng = torch.load(file, weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise ValueError(f"{file}: unreadable RNG state ({err})") from err
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
+
+
+# ---------------------------------------------------------------------- json
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
