@@ -131,6 +131,42 @@ class HuggingFaceTokenizer:
         return None if idx is None else int(idx)
 
 
+class AutoHFTokenizer:
+    """A local Hugging Face tokenizer directory without tokenizer.json (e.g. a slow SentencePiece one), loaded
+    with transformers.AutoTokenizer offline."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        from transformers import AutoTokenizer
+
+        path = Path(directory)
+        self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model_path = str(path)
+        self.name = f"HuggingFaceTokenizer:{path.name}"
+        self.vocab_size = len(self._tok)
+        if self._tok.eos_token_id is None:
+            raise ValueError(f"--tokenizer-model {path}: the tokenizer has no eos_token (needed as EOD)")
+        self.eod = int(self._tok.eos_token_id)
+        self.bos = None if self._tok.bos_token_id is None else int(self._tok.bos_token_id)
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file() and "token" in p.name):
+            digest.update(f.name.encode() + bytes.fromhex(file_sha256(f)))
+        self.sha256 = digest.hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+    def token_to_id(self, token: str) -> int | None:
+        idx = self._tok.convert_tokens_to_ids(token)
+        return (
+            None
+            if idx is None or idx == self._tok.unk_token_id and token != self._tok.unk_token
+            else int(idx)
+        )
+
+
 def load_tokenizer(tokenizer_type: str, tokenizer_model: str | os.PathLike) -> Tokenizer:
     """Build a tokenizer from --tokenizer-type and --tokenizer-model (local files only)."""
     # The tokenizers library spawns its own threads; builder workers are processes already.
@@ -138,6 +174,9 @@ def load_tokenizer(tokenizer_type: str, tokenizer_model: str | os.PathLike) -> T
     if tokenizer_type == "SentencePieceTokenizer":
         return SentencePieceTokenizer(tokenizer_model)
     if tokenizer_type == "HuggingFaceTokenizer":
+        path = Path(tokenizer_model)
+        if path.is_dir() and not (path / "tokenizer.json").is_file():
+            return AutoHFTokenizer(path)
         return HuggingFaceTokenizer(tokenizer_model)
     raise ValueError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got {tokenizer_type!r}")
 

@@ -119,3 +119,26 @@ def test_multiple_json_keys_are_joined(tmp_path, sp_model):
     np.testing.assert_array_equal(
         load_samples(tmp_path / "k")[0]["tokens"], tok.encode("green sky\nblue sun")[:4]
     )
+
+
+def test_huggingface_dir_without_tokenizer_json_uses_autotokenizer(tmp_path, sp_model):
+    """A Llama-2 style HF dir (tokenizer.model + config only) loads through transformers, offline."""
+    import shutil
+
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "eos_token": "</s>",
+                "bos_token": "<s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
+    hf = load_tokenizer("HuggingFaceTokenizer", tmp_path)
+    sp = load_tokenizer("SentencePieceTokenizer", sp_model)
+    text = "the grass is green and the river travels slowly"
+    assert hf.encode(text) == sp.encode(text)
+    assert (hf.eod, hf.bos) == (sp.eod, sp.bos)
+    assert hf.token_to_id("<|eot|>") == sp.token_to_id("<|eot|>")
