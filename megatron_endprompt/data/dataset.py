@@ -71,6 +71,13 @@ class EndPromptSamples(Sequence):
     def __len__(self) -> int:
         return self.sidecar.num_samples
 
+    def __getstate__(self) -> dict:
+        # Pickle (e.g. DataLoader workers under spawn) by path: never copy the memory-mapped arrays.
+        return {"prefix": self.prefix, "cue_loss_weight": self.cue_loss_weight}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["prefix"], state["cue_loss_weight"])
+
     def segments(self, i: int) -> list[positions.Segment]:
         """The stored segments of sample i."""
         return self.sidecar.segments(i)

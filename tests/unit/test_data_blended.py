@@ -124,3 +124,13 @@ def test_resume_continues_identically(process_group, prefixes):
         for mb_a, mb_b in zip(a, b, strict=True):
             for key in mb_a:
                 np.testing.assert_array_equal(mb_a[key], mb_b[key])
+
+
+def test_samples_pickle_by_path(prefixes):
+    import pickle
+
+    ds = load_samples(prefixes[0], cue_loss_weight=0.2)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 1000  # the memory-mapped tokens are not copied
+    again = pickle.loads(blob)
+    assert again.cue_loss_weight == 0.2 and _signature(again, 5) == _signature(ds, 5)
