@@ -31,7 +31,7 @@ class ByteTokenizer:
 
 
 def task_texts(
-    tasks: Sequence[str] | None = None, per_task: int = 4, length: int = 4096, seed: int = 0
+    tasks: Sequence[str] | None = None, per_task: int = 4, length: int = 4000, seed: int = 0
 ) -> list[str]:
     """Prompt text plus answers of `per_task` samples of every task (`length` counted in bytes)."""
     tok = ByteTokenizer()
