@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -67,6 +68,13 @@ class BuildConfig:
     """Documents per worker task (--batch-docs)."""
     progress: bool = False
     """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        # Paths may arrive as pathlib objects; meta.json stores strings.
+        self.input = [
+            str(x) for x in ([self.input] if isinstance(self.input, str | os.PathLike) else self.input)
+        ]
+        self.output_prefix, self.tokenizer_model = str(self.output_prefix), str(self.tokenizer_model)
 
     def validate(self) -> None:
         """Checks that need no tokenizer (the cue length check runs once the tokenizer is loaded)."""
@@ -271,8 +279,13 @@ def _write_samples(cfg: BuildConfig, files, cue_ids, dtype, tmp) -> dict:
         tmp[".seg"], cfg.scheme.seq_length, cfg.scheme.target_length, cfg.scheme.max_segments()
     )
     docs_read = tokens_read = 0
-    with open(tmp[".bin"], "wb") as bin_f, tqdm(disable=not cfg.progress, unit="doc", desc="build") as bar:
-        for doc, (reason, ids, _) in tokenized_documents(cfg, files):
+    docs = closing(tokenized_documents(cfg, files))  # closing stops the worker pool at once on errors
+    with (
+        docs,
+        open(tmp[".bin"], "wb") as bin_f,
+        tqdm(disable=not cfg.progress, unit="doc", desc="build") as bar,
+    ):
+        for doc, (reason, ids, _) in docs.thing:
             docs_read += 1
             bar.update(1)
             if reason is None:
