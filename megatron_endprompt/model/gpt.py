@@ -19,7 +19,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_endprompt.model.config import ModelConfig
 from megatron_endprompt.model.rope import inv_freq_and_scaling, rope_freqs
-from megatron_endprompt.model.specs import layer_spec
+from megatron_endprompt.model.specs import block_spec
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ def build_model(
             fp16=params_dtype == torch.float16, sequence_parallel=sequence_parallel, **config_overrides,
         )  # fmt: skip
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    spec = layer_spec(use_te=use_te, cp=config.context_parallel_size > 1)
-    return EndPromptGPTModel(
+    spec = block_spec(config, vp_stage=vp_stage, use_te=use_te, cp=config.context_parallel_size > 1)
+    model = EndPromptGPTModel(
         config,
         cfg,
         padded_vocab=padded_vocab_size(cfg.vocab_size, tp),
@@ -234,3 +234,6 @@ def build_model(
         post_process=post_process,
         vp_stage=vp_stage,
     )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())  # anything megatron left on the CPU
+    return model

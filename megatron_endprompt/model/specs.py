@@ -1,6 +1,7 @@
 """Transformer-layer specs: Transformer Engine when available on CUDA, else megatron's local modules with
-our SDPA core attention (which also provides context parallelism). RoPE stays unfused in both: the fused
-kernels take neither per-sample positions nor YaRN's attention scaling."""
+our SDPA core attention (which also provides context parallelism) and our RMSNorm (which supports sequence
+parallelism). RoPE stays unfused in both: the fused kernels take neither per-sample positions nor YaRN's
+attention scaling."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_endprompt.model.attention import SDPAttention
+from megatron_endprompt.model.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
 
@@ -37,5 +39,23 @@ def layer_spec(use_te: bool | None = None, cp: bool = False) -> ModuleSpec:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
     logger.debug("local layer spec with SDPA core attention (cp=%s)", cp)
     return spec
+
+
+def block_spec(config, vp_stage: int | None = None, use_te: bool | None = None, cp: bool = False):
+    """Decoder-block spec for this pipeline stage: `layer_spec` layers, plus our RMSNorm as the final norm
+    on the local path (megatron's default final norm there refuses sequence parallelism)."""
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    use_te = te_available() if use_te is None else use_te
+    layer = layer_spec(use_te=use_te, cp=cp)
+    if use_te:
+        return layer
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=RMSNorm)
