@@ -21,12 +21,13 @@ Every rank must call `save_checkpoint` / `load_checkpoint` (collective). A share
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,8 @@ def save_checkpoint(
         begin_save(save_dir, iteration)
     dist.barrier()
     tmp = Path(save_dir) / (checkpoint_name(iteration) + ".tmp")
-    model_sd = _model_sharded_state_dict(engine)
-    dist_checkpointing.save(model_sd, str(tmp))
+    with _cpu_safe_dist_checkpointing():
+        dist_checkpointing.save(_model_sharded_state_dict(engine), str(tmp))
     if rank0:
         (tmp / OPTIMIZER_DIR).mkdir()
         (tmp / RNG_DIR).mkdir()
@@ -91,7 +92,8 @@ def save_checkpoint(
     opt_sd = engine.optimizer.sharded_state_dict(
         _model_sharded_state_dict(engine), is_loading=False, metadata=_optimizer_metadata(engine)
     )
-    dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR))
+    with _cpu_safe_dist_checkpointing():
+        dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR))
     _save_rng(tmp / RNG_DIR / f"rank_{dist.get_rank():05d}.pt")
     if rank0:
         _write_json(tmp / MODEL_CONFIG_FILE, engine.model_config.to_dict())
@@ -152,6 +154,26 @@ def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------- model and optimizer
 
 
+@contextlib.contextmanager
+def _cpu_safe_dist_checkpointing() -> Iterator[None]:
+    """Without CUDA, scoped stand-ins for the two CUDA calls dist_checkpointing makes even on CPU.
+
+    megatron-core 0.16.1 calls `torch.cuda.synchronize()` (`strategies/filesystem_async.py`, preload_tensors)
+    and `torch.cuda.current_device()` (`strategies/state_dict_saver.py`, save finalisation) on every save.
+    `parallel/cpu_support.py` does not patch those modules, so this does, for the duration of one call.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.synchronize, torch.cuda.current_device
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device = saved
+
+
 def _model_sharded_state_dict(engine) -> dict:
     chunks = engine.unwrapped_model()
     if len(chunks) != 1:
@@ -162,7 +184,8 @@ def _model_sharded_state_dict(engine) -> dict:
 def _load_model(engine, path: Path) -> None:
     from megatron.core import dist_checkpointing
 
-    state = dist_checkpointing.load(_model_sharded_state_dict(engine), str(path))
+    with _cpu_safe_dist_checkpointing():
+        state = dist_checkpointing.load(_model_sharded_state_dict(engine), str(path))
     engine.unwrapped_model()[0].load_state_dict(state, strict=True)
 
 
@@ -179,7 +202,8 @@ def _load_optimizer(engine, path: Path) -> None:
     opt_sd = engine.optimizer.sharded_state_dict(
         _model_sharded_state_dict(engine), is_loading=True, metadata=_optimizer_metadata(engine)
     )
-    state = dist_checkpointing.load(opt_sd, str(path / OPTIMIZER_DIR))
+    with _cpu_safe_dist_checkpointing():
+        state = dist_checkpointing.load(opt_sd, str(path / OPTIMIZER_DIR))
     with torch.no_grad():  # the distributed optimizer copies into leaf tensors that require grad
         engine.optimizer.load_state_dict(state)
     if engine.cfg.optimizer.use_distributed_optimizer:

@@ -1,7 +1,8 @@
 """Worker for test_layouts.py: one 2-rank gloo launch that trains the same tiny model under many layouts.
 
-Usage: torchrun --nproc_per_node 2 tests/distributed/_layout_worker.py OUT_DIR
-Rank 0 writes OUT_DIR/results.json; the pytest process asserts on it.
+Usage: torchrun --nproc_per_node 2 tests/distributed/_layout_worker.py OUT_DIR [HF_DIR]
+Rank 0 writes OUT_DIR/results.json; the pytest process asserts on it. HF_DIR is where `_hf_reference.py`
+(running concurrently) publishes an HF-converted checkpoint; the worker loads it at TP=2 at the end.
 
 The single-rank reference runs in the same launch without a second process group: at layout tp=pp=cp=1
 (DP=2) rank 0 gets ALL micro-batches and rank 1 gets copies with every loss weight 0. Rank 1 then adds exact
@@ -18,17 +19,19 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_endprompt import positions
 from megatron_endprompt.parallel import initialize
 from megatron_endprompt.training.checkpoint import load_checkpoint, save_checkpoint
 from megatron_endprompt.training.config import TrainConfig
 from megatron_endprompt.training.engine import Engine
 
-SEQ, TARGET, CUE, SAMPLES, STEPS, VOCAB = 32, 65536, 4, 4, 3, 512
+sys.path.insert(0, str(Path(__file__).parent))
+from _batches import make_batches, weighted_loss_from_logits  # noqa: E402
+
+STEPS = 3
+HF_WAIT_S = 150
 
 # name -> (tp, pp, cp, sequence_parallel, distributed_optimizer)
 LAYOUTS = {
@@ -51,27 +54,11 @@ RESUMES = {
 """Resume check name -> (layout to load at, checkpoint subdirectory)."""
 
 
-def make_batches() -> list[dict[str, torch.Tensor]]:
-    """SAMPLES micro-batches of one sample: EndPrompt+PoSE layouts (per-sample jumps, cue at T-4..T-1)."""
-    rng = np.random.default_rng(7)
-    out = []
-    for _ in range(SAMPLES):
-        segs = positions.endprompt_pose(SEQ, TARGET, CUE, 2, rng)
-        tokens = torch.from_numpy(rng.integers(0, VOCAB, SEQ + 1)).long()
-        out.append(
-            {
-                "tokens": tokens[None, :-1],
-                "labels": tokens[None, 1:],
-                "loss_weights": torch.from_numpy(positions.loss_weights(segs, 0.1))[None],
-                "position_ids": torch.from_numpy(positions.position_ids(segs))[None],
-            }
-        )
-    return out
-
-
-def make_config(tp: int, pp: int, cp: int, sp: bool, distopt: bool) -> TrainConfig:
+def make_config(
+    tp: int, pp: int, cp: int, sp: bool, distopt: bool, model_json: Path | None = None
+) -> TrainConfig:
     cfg = TrainConfig()
-    cfg.model.preset = "tiny"
+    cfg.model.preset, cfg.model.config_file = (None, str(model_json)) if model_json else ("tiny", None)
     cfg.model.use_te = False
     cfg.precision.dtype = "fp32"
     cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.parallel.context_parallel = tp, pp, cp
@@ -82,11 +69,10 @@ def make_config(tp: int, pp: int, cp: int, sp: bool, distopt: bool) -> TrainConf
     return cfg
 
 
-def engine_at(name_or_layout, init: Path | None) -> Engine:
-    layout = LAYOUTS[name_or_layout] if isinstance(name_or_layout, str) else name_or_layout
-    tp, pp, cp = layout[:3]
-    initialize(tp, pp, cp, seed=1234)
-    engine = Engine(make_config(*layout))
+def engine_at(name: str, init: Path | None, model_json: Path | None = None) -> Engine:
+    layout = LAYOUTS[name]
+    initialize(*layout[:3], seed=1234)
+    engine = Engine(make_config(*layout, model_json=model_json))
     if init is not None:
         load_checkpoint(engine, init, weights_only=True)
     return engine
@@ -125,7 +111,7 @@ def _dp() -> int:
     return parallel_state.get_data_parallel_world_size()
 
 
-def run(out_dir: Path) -> dict:
+def run(out_dir: Path, hf_dir: Path | None) -> dict:
     batches = make_batches()
     ckpt = out_dir / "ckpt"
     res: dict = {"layouts": {}, "resume": {}, "errors": {}, "seconds": {}}
@@ -158,7 +144,33 @@ def run(out_dir: Path) -> dict:
         res["resume"][name] = timed(
             f"resume_{name}", lambda a=load_layout, d=directory: _resume(a, ckpt / d, batches)
         )
+    # Interchange with convert/: load_model reads a training checkpoint written at TP=2 ...
+    res["load_model_tp2"] = timed("load_model_tp2", lambda: _load_model_loss(ckpt / "tp2", batches))
+    # ... and training initialises at TP=2 from an HF-converted checkpoint.
+    if hf_dir is not None:
+        res["hf_init"] = timed("hf_init", lambda: _hf_init_loss(hf_dir, batches))
     return res
+
+
+def _load_model_loss(path: Path, batches: list[dict]) -> float:
+    from megatron_endprompt.convert import load_model
+
+    initialize(1, 1, 1, seed=1234)  # load_model builds an unsharded model
+    model = load_model(path)
+    with torch.no_grad():
+        logits = [model(mb["tokens"], mb["position_ids"]) for mb in batches]
+    return weighted_loss_from_logits(logits, batches)
+
+
+def _hf_init_loss(hf_dir: Path, batches: list[dict]) -> float:
+    converted = hf_dir / "megatron"
+    deadline = time.time() + HF_WAIT_S
+    while not converted.is_dir() and time.time() < deadline:
+        time.sleep(0.5)
+    if not converted.is_dir():
+        raise TimeoutError(f"{converted} did not appear within {HF_WAIT_S} s (see _hf_reference.py)")
+    engine = engine_at("tp2", converted, model_json=converted / "endprompt_model.json")
+    return engine.eval_loss(batches)
 
 
 def _layout_run(name: str, init: Path, batches: list[dict], save_dir: Path | None) -> dict:
@@ -179,37 +191,12 @@ def _resume(name: str, path: Path, batches: list[dict]) -> dict:
 
 def main() -> None:
     out_dir = Path(sys.argv[1])
-    _temporary_cpu_patches()
-    res = run(out_dir)
+    res = run(out_dir, Path(sys.argv[2]) if len(sys.argv) > 2 else None)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, res)
     if dist.get_rank() == 0:
         (out_dir / "results.json").write_text(json.dumps({"ranks": gathered}, indent=1))
     dist.barrier()
-
-
-def _temporary_cpu_patches() -> None:
-    """CPU gaps not (yet) covered by megatron_endprompt.parallel.cpu_support; no-ops on CUDA."""
-    if torch.cuda.is_available():
-        return
-    import importlib
-
-    import megatron.core.optimizer.optimizer as mo
-
-    from megatron_endprompt.parallel import cpu_support
-
-    cpu_support.apply()
-    if not getattr(mo.clip_grad_by_total_norm_fp32, "_endprompt_cpu", False):
-        mo.clip_grad_by_total_norm_fp32 = cpu_support._wrap_type_checked(mo.clip_grad_by_total_norm_fp32)
-    for name in (
-        "megatron.core.dist_checkpointing.strategies.filesystem_async",
-        "megatron.core.dist_checkpointing.strategies.state_dict_saver",
-        "megatron.core.dist_checkpointing.strategies.async_utils",
-        "megatron.core.dist_checkpointing.exchange_utils",
-    ):
-        module = importlib.import_module(name)
-        if not isinstance(module.torch, cpu_support._TorchProxy):
-            module.torch = cpu_support._TorchProxy()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_layout_worker.py")
+HF_REFERENCE = Path(__file__).with_name("_hf_reference.py")
 LAYOUTS = ("dp2", "dp2_distopt", "tp2", "tp2_sp", "pp2", "cp2")
 RESUMES = ("tp2_to_tp1", "pp2_to_pp1", "dp2_distopt")
 FIRST_STEP_TOL = 1e-5
@@ -38,20 +39,33 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("layouts")
+    hf_dir = out / "hf"
+    hf_dir.mkdir()
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
+    # The HF reference (write, convert, transformers loss) runs next to the 2-rank launch; the worker waits for it.
+    hf_proc = subprocess.Popen(
+        [sys.executable, str(HF_REFERENCE), str(hf_dir)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(WORKER), str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+           str(_free_port()), str(WORKER), str(out), str(hf_dir)]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        hf_log = hf_proc.communicate(timeout=120)[0]
     if proc.returncode != 0 or not (out / "results.json").is_file():
         pytest.fail(
             f"layout worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     ranks = json.loads((out / "results.json").read_text())["ranks"]
-    return {"rank0": ranks[0], "rank1": ranks[1]}
+    hf_ref = (
+        json.loads((hf_dir / "reference.json").read_text()) if (hf_dir / "reference.json").is_file() else None
+    )
+    return {"rank0": ranks[0], "rank1": ranks[1], "hf_reference": hf_ref, "hf_log": hf_log}
 
 
 def _ok(res: dict, key: str) -> None:
@@ -111,3 +125,21 @@ def test_resume_reproduces_the_remaining_steps(results, resume):
     assert [s["iteration"] for s in got["steps"]] == [2, 3]
     ref = res["reference"]["steps"][1:]
     _close(resume, got["steps"], ref, ("loss", "grad_norm", "lr"), first_tol=CURVE_TOL)
+
+
+def test_load_model_reads_a_checkpoint_saved_at_tp2(results):
+    """convert.load_model (single process, TP=1) on the TP=2 training checkpoint taken after step 1 computes
+    the loss the reference run saw at step 2."""
+    res = results["rank0"]
+    _ok(res, "load_model_tp2")
+    want = res["reference"]["steps"][1]["loss"]
+    assert res["load_model_tp2"] == pytest.approx(want, abs=FIRST_STEP_TOL)
+
+
+def test_training_initialises_from_hf_conversion_at_tp2(results):
+    """HF Llama (llama3 RoPE scaling) -> convert.hf_to_megatron -> Engine at TP=2 (weights only): the engine's
+    loss on 64K-position EndPrompt samples equals transformers' loss."""
+    assert results["hf_reference"] is not None, f"HF reference failed:\n{results['hf_log'][-4000:]}"
+    res = results["rank0"]
+    _ok(res, "hf_init")
+    assert res["hf_init"] == pytest.approx(results["hf_reference"]["loss"], abs=FIRST_STEP_TOL)
