@@ -16,26 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# The Landmark/PoSE passkey template (see docs/METHOD.md "Evaluation conventions"); the eval uses the same text.
-PASSKEY_INSTRUCTION = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-    "I will quiz you about the important information there."
-)
-PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-PASSKEY_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
-PASSKEY_QUESTION = "What is the pass key? The pass key is"
+from megatron_endprompt.eval.tasks import niah, vocab
+from megatron_endprompt.eval.tasks import passkey as passkey_task
 
-# RULER-style needle (niah_single / niah_multikey family).
-MAGIC_NEEDLE = "One of the special magic numbers for {word} is: {value}."
-MAGIC_QUESTION = (
-    "What is the special magic number for {word} mentioned in the provided text? "
-    "The special magic number for {word} mentioned in the provided text is"
-)
+# Retrieval documents use the evaluation's own templates and key/value generators, so the skills trained here are
+# the ones `megatron_endprompt.eval` measures (the answer is appended; the eval asks the model to produce it).
+MAGIC_WORDS = {"some": "A", "are": "is", "are_all": "is", "kind": "number"}  # RULER's singular wording
+
 
 NAMES = "Ada Ben Cleo Dara Eli Faye Gus Hana Ivo Jun Kai Lena Milo Nora Otto Pia Quin Rosa Sami Tove".split()
 PLACES = "market harbor garden library station bakery forest village river school bridge hill".split()
@@ -43,10 +36,6 @@ OBJECTS = "apple lamp book coat basket letter map key boat kite cup drum hat rin
 ADJECTIVES = "old small quiet bright green warm heavy busy cold narrow red tall".split()
 VERBS_PAST = "found carried painted opened lost bought mended hid shared counted".split()
 TIMES = "In the morning|At noon|Later that day|In the evening|On Sunday|After the rain|Before dawn".split("|")
-KEY_WORDS = (
-    "amber cobalt falcon juniper lantern meadow nickel orchid pepper quartz raven saffron "
-    "tulip velvet willow zephyr almond basil cedar dune ember fjord garnet hazel"
-).split()
 
 
 @dataclass(frozen=True)
@@ -55,18 +44,19 @@ class CorpusConfig:
 
     documents: int = 4000
     """Number of documents."""
-    retrieval_fraction: float = 0.5
+    retrieval_fraction: float = 0.6
     """Share of documents that are retrieval tasks (the rest are ordinary stories)."""
-    min_words: int = 20
-    """Smallest haystack (filler) size of a retrieval document, in words."""
+    min_words: int = 5
+    """Smallest haystack (filler) of a retrieval document, in words."""
     max_words: int = 150
-    """Largest haystack size in words; pick it so a task fits the training window (about 1.5 tokens per word)."""
-    key_min: int = 1
-    """Smallest passkey / magic number."""
-    key_max: int = 999
-    """Largest passkey / magic number (the eval must draw keys from the same range)."""
+    """Largest haystack in words (sizes are log-uniform, so short, easy tasks are common); about 1.3 tokens
+    per word with the demo tokenizer: pick it so a task fits the training window."""
+    passkey_max: int = 50000
+    """Passkeys are drawn from 1..passkey_max (the eval uses 1..50000)."""
+    value_digits: int = 7
+    """Digits of the magic numbers (RULER and the eval use 7)."""
     max_needles: int = 3
-    """Magic-number documents hide 1..max_needles needles and ask for one of them."""
+    """Magic-number documents hide 1..max_needles needles and ask for each of them, in random order."""
     seed: int = 0
     """Random seed: equal configs give byte-identical corpora."""
 
@@ -78,10 +68,12 @@ class CorpusConfig:
             raise ValueError(f"--retrieval-fraction must be in [0, 1], got {self.retrieval_fraction}")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"need 1 <= --min-words <= --max-words, got {self.min_words}, {self.max_words}")
-        if not 0 <= self.key_min < self.key_max:
-            raise ValueError(f"need 0 <= --key-min < --key-max, got {self.key_min}, {self.key_max}")
-        if not 1 <= self.max_needles <= len(KEY_WORDS):
-            raise ValueError(f"--max-needles must be in [1, {len(KEY_WORDS)}], got {self.max_needles}")
+        if self.passkey_max < 1:
+            raise ValueError(f"--passkey-max must be >= 1, got {self.passkey_max}")
+        if not 1 <= self.value_digits <= 18:
+            raise ValueError(f"--value-digits must be in [1, 18], got {self.value_digits}")
+        if not 1 <= self.max_needles <= 10:
+            raise ValueError(f"--max-needles must be in [1, 10], got {self.max_needles}")
 
 
 def _story_sentence(rng: random.Random, name: str, place: str) -> str:
@@ -105,19 +97,20 @@ def story(rng: random.Random, num_sentences: int) -> str:
     return " ".join(_story_sentence(rng, name, place) for _ in range(num_sentences))
 
 
-def _haystack(rng: random.Random, num_words: int) -> list[str]:
-    """Filler as a list of sentences: the passkey filler (as in the eval) or ordinary story text."""
+def _haystack(rng: random.Random, cfg: CorpusConfig) -> list[str]:
+    """Filler sentences, log-uniform in size: the eval's repeated noise, or ordinary story text."""
+    num_words = round(math.exp(rng.uniform(math.log(cfg.min_words), math.log(cfg.max_words))))
     if rng.random() < 0.5:
-        unit = PASSKEY_FILLER.split(". ")
-        sentences = [s if s.endswith(".") else s + "." for s in unit]
+        sentences = list(vocab.NOISE_SENTENCES)
     else:
-        sentences = story(rng, max(1, num_words // 8)).split(". ")
-        sentences = [s if s.endswith(".") else s + "." for s in sentences]
+        sentences = [
+            s if s.endswith(".") else s + "." for s in story(rng, max(1, num_words // 8)).split(". ")
+        ]
     out, words = [], 0
     while words < num_words:
-        s = sentences[len(out) % len(sentences)]
-        out.append(s)
-        words += len(s.split())
+        sentence = sentences[len(out) % len(sentences)]
+        out.append(sentence)
+        words += len(sentence.split())
     return out
 
 
@@ -130,23 +123,24 @@ def _insert(rng: random.Random, sentences: list[str], needles: list[str]) -> str
 
 
 def passkey_document(rng: random.Random, cfg: CorpusConfig) -> str:
-    """Passkey retrieval in the Landmark template, answer included."""
-    key = rng.randint(cfg.key_min, cfg.key_max)
-    hay = _haystack(rng, rng.randint(cfg.min_words, cfg.max_words))
-    body = _insert(rng, hay, [PASSKEY_NEEDLE.format(key=key)])
-    return f"{PASSKEY_INSTRUCTION} {body} {PASSKEY_QUESTION} {key}."
+    """Passkey retrieval in the eval's (Landmark/PoSE) template, answer included."""
+    key = rng.randint(1, cfg.passkey_max)
+    body = _insert(rng, _haystack(rng, cfg), [passkey_task.NEEDLE.format(key=key)])
+    return f"{passkey_task.INSTRUCTION} {body} {passkey_task.QUESTION} {key}."
 
 
 def magic_number_document(rng: random.Random, cfg: CorpusConfig) -> str:
-    """RULER-style needle(s) 'special magic number for <word>'; asks for one of them, answer included."""
-    words = rng.sample(KEY_WORDS, rng.randint(1, cfg.max_needles))
-    values = [rng.randint(cfg.key_min, cfg.key_max) for _ in words]
-    hay = _haystack(rng, rng.randint(cfg.min_words, cfg.max_words))
-    body = _insert(
-        rng, hay, [MAGIC_NEEDLE.format(word=w, value=v) for w, v in zip(words, values, strict=True)]
-    )
-    i = rng.randrange(len(words))
-    return f"{body} {MAGIC_QUESTION.format(word=words[i])} {values[i]}."
+    """RULER niah wording: 1..max_needles 'special magic number' needles, each asked for, answers included."""
+    keys = vocab.distinct(vocab.random_key, rng, rng.randint(1, cfg.max_needles))
+    values = [vocab.random_number(rng, cfg.value_digits) for _ in keys]
+    needles = [niah.NEEDLE.format(kind="numbers", key=k, value=v) for k, v in zip(keys, values, strict=True)]
+    body = _insert(rng, _haystack(rng, cfg), needles)
+    questions = []
+    for i in rng.sample(range(len(keys)), len(keys)):
+        question = niah.QUESTION.format(query=keys[i], **MAGIC_WORDS)
+        answer = niah.ANSWER_PREFIX.format(query=keys[i], **MAGIC_WORDS)
+        questions.append(f"{question} {answer} {values[i]}.")
+    return f"{niah.INTRO.format(**MAGIC_WORDS)} {body} {' '.join(questions)}"
 
 
 def generate_documents(cfg: CorpusConfig) -> Iterator[str]:

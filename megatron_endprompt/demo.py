@@ -1,0 +1,359 @@
+"""End-to-end CPU demo: corpus -> tokenizer -> data -> base model -> EndPrompt extension -> eval -> HF export.
+
+``python -m megatron_endprompt.demo [--fast] [--out DIR]`` (README: ``make demo``). Every stage calls the
+package's own entry points (data builder, training CLI, evaluation API, converter) and prints its timing:
+
+1. corpus     a synthetic general corpus (stories + retrieval tasks), `megatron_endprompt.demo_corpus`
+2. tokenizer  a SentencePiece model trained on it, `data.tokenizers.train_sentencepiece`
+3. data       contiguous samples at P0 (base) and EndPrompt samples at P0 with positions up to T, `data.builder`
+4. base       a small model pretrained at context P0, `python -m megatron_endprompt.train`
+5. extend     PI factor T/P0 + EndPrompt fine-tuning on short samples, `python -m megatron_endprompt.train`
+6. eval       passkey and NIAH at short and target lengths for base, PI-only and extended, `eval.evaluate`
+7. export     the extended model to a Hugging Face directory, `convert.megatron_to_hf`, reloaded and checked
+8. report     results.md (table) and results.png under --out
+
+`--fast` shrinks every stage (a test runs it in CI); its numbers only show that the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus
+
+logger = logging.getLogger("megatron_endprompt.demo")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of every stage; `FULL` and `FAST` are the two presets."""
+
+    documents: int
+    """Training documents in the generated corpus."""
+    max_words: int
+    """Largest retrieval haystack in words (tasks must fit the base window P0)."""
+    vocab_size: int
+    """SentencePiece vocabulary."""
+    base_length: int
+    """P0: the base model's training context, and the physical length of every extension sample."""
+    factor: int
+    """Extension factor: target length T = factor * P0, PI factor = factor."""
+    hidden_size: int
+    """Model width (head dim 32; see `model_overrides`)."""
+    num_layers: int
+    """Transformer blocks."""
+    base_steps: int
+    """Optimizer steps of base pretraining."""
+    extend_steps: int
+    """Optimizer steps of the EndPrompt extension."""
+    global_batch: int
+    """Samples per optimizer step."""
+    lr: float
+    """Peak learning rate of base pretraining (the extension uses a third of it)."""
+    eval_lengths: tuple[int, ...]
+    """Prompt lengths evaluated (tokens); the largest + 12 generated tokens must fit in T."""
+    eval_samples: int
+    """Prompts per (task, length, depth)."""
+    eval_depths: tuple[float, ...]
+    """Needle depths."""
+    cue_length_words: str = "End."
+    """The EndPrompt cue text (the paper's EP_3)."""
+
+    @property
+    def target_length(self) -> int:
+        return self.base_length * self.factor
+
+    def model_overrides(self) -> dict:
+        """ModelConfig fields over the `tiny` preset (head dim 32, GQA 2:1 when there are >= 2 heads)."""
+        heads = max(2, self.hidden_size // 32)
+        return {
+            "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8, "num_attention_heads": heads,
+            "num_query_groups": heads // 2, "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.target_length,
+        }  # fmt: skip
+
+
+FULL = DemoConfig(
+    documents=8000, max_words=150, vocab_size=512, base_length=256, factor=8, hidden_size=128, num_layers=4,
+    base_steps=800, extend_steps=150, global_batch=16, lr=3e-3, eval_lengths=(256, 512, 1024, 2032),
+    eval_samples=4, eval_depths=(0.1, 0.5, 0.9),
+)  # fmt: skip
+FAST = replace(
+    FULL, documents=600, base_steps=12, extend_steps=6, global_batch=8, hidden_size=64, num_layers=2,
+    eval_lengths=(256, 2032), eval_samples=1, eval_depths=(0.5,),
+)  # fmt: skip
+EVAL_TASKS = ("passkey", "niah_single_1")
+
+
+class Stages:
+    """Runs named stages in order, logs each one's wall time, keeps the timings for the report."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable, *args, **kwargs):
+        logger.info("=== stage %s ...", name)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        logger.info("=== stage %s done in %.1f s", name, self.timings[name])
+        return result
+
+
+# ---------------------------------------------------------------------------------------------- stages 1-3
+
+
+def make_corpus(out: Path, dc: DemoConfig, seed: int) -> tuple[Path, Path]:
+    """Training corpus and a held-out corpus (another seed) as JSON lines."""
+    cfg = CorpusConfig(documents=dc.documents, max_words=dc.max_words, seed=seed)
+    train = write_corpus(out / "corpus" / "train.jsonl", cfg)
+    heldout = write_corpus(out / "corpus" / "heldout.jsonl", replace(cfg, documents=max(50, dc.documents // 20),
+                                                                     seed=seed + 1))  # fmt: skip
+    logger.info("corpus: %s (%.2f MB), held-out %s", train, train.stat().st_size / 1e6, heldout)
+    return train, heldout
+
+
+def make_tokenizer(out: Path, corpus: Path, dc: DemoConfig) -> Path:
+    """A SentencePiece model trained on the corpus text."""
+    from megatron_endprompt.data.tokenizers import train_sentencepiece
+
+    texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
+    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+    return Path(train_sentencepiece(texts, out / "tokenizer" / "demo", vocab_size=dc.vocab_size))
+
+
+def build_data(out: Path, corpus: Path, tokenizer: Path, dc: DemoConfig, seed: int) -> dict[str, str]:
+    """Contiguous samples at P0 (base pretraining) and EndPrompt samples (P0 physical, positions up to T)."""
+    from megatron_endprompt.data.builder import BuildConfig, build
+    from megatron_endprompt.positions import SchemeConfig
+
+    prefixes = {}
+    schemes = {
+        "base": (SchemeConfig("contiguous", dc.base_length, dc.base_length), []),
+        "endprompt": (SchemeConfig("endprompt", dc.base_length, dc.target_length), [dc.cue_length_words]),
+    }
+    for name, (scheme, cues) in schemes.items():
+        prefix = str(out / "data" / name)
+        meta = build(BuildConfig(input=[str(corpus)], output_prefix=prefix, tokenizer_type="SentencePieceTokenizer",
+                                 tokenizer_model=str(tokenizer), scheme=scheme, cues=cues, append_eod=True,
+                                 seed=seed))  # fmt: skip
+        logger.info("data %s: %s", name, meta.get("counts"))
+        prefixes[name] = prefix
+    return prefixes
+
+
+# ---------------------------------------------------------------------------------------------- stages 4-5
+
+
+def recipe(dc: DemoConfig, data_prefix: str, save: Path, steps: int, lr: float, seed: int, **model) -> dict:
+    """A training recipe (the YAML schema of `megatron_endprompt.train`) for one demo run."""
+    micro = min(8, dc.global_batch)
+    return {
+        "model": {"preset": "tiny", **dc.model_overrides(), **model},
+        "precision": {"dtype": "fp32"},
+        "optimizer": {"lr": lr, "min_lr": lr / 10, "lr_schedule": "cosine", "warmup_steps": min(20, steps // 5),
+                      "weight_decay": 0.0, "clip_grad": 1.0},
+        "data": {"paths": [data_prefix], "seq_length": dc.base_length, "micro_batch_size": micro,
+                 "global_batch_size": dc.global_batch, "split": "100,0,0", "num_workers": 0,
+                 "cue_loss_weight": 0.1, "seed": seed},
+        "training": {"train_steps": steps, "seed": seed},
+        "checkpoint": {"save": str(save)},
+        "logging": {"log_interval": max(1, steps // 10)},
+    }  # fmt: skip
+
+
+def run_training(out: Path, name: str, spec: dict) -> Path:
+    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns the latest checkpoint."""
+    from megatron_endprompt.training.checkpoint_io import find_latest
+
+    path = out / "recipes" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    save = Path(spec["checkpoint"]["save"])
+    if save.exists():
+        shutil.rmtree(save)  # a fresh run: the CLI would otherwise resume from it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", str(path)]
+    logger.info("$ %s", " ".join(cmd))
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training run {name!r} failed (exit {proc.returncode}); recipe {path}")
+    latest = find_latest(save)
+    if latest is None:
+        raise RuntimeError(f"training run {name!r} left no checkpoint under {save}")
+    return Path(latest)
+
+
+def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
+    """The base weights with linear RoPE scaling T/P0 and no fine-tuning (a copy with an edited model config)."""
+    from megatron_endprompt.training.config import MODEL_CONFIG_FILE
+
+    dest = out / "runs" / "pi_only"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(base_ckpt, dest)
+    cfg = json.loads((dest / MODEL_CONFIG_FILE).read_text())
+    cfg["rope_scaling"] = {**cfg["rope_scaling"], "type": "linear", "factor": float(dc.factor)}
+    (dest / MODEL_CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- stages 6-8
+
+
+def evaluate_models(out: Path, models: dict[str, Path], tokenizer: Path, dc: DemoConfig) -> dict[str, dict]:
+    """Passkey and NIAH (RULER niah_single_1) at every eval length for each model; results JSON per model."""
+    from megatron_endprompt.data.tokenizers import load_tokenizer
+    from megatron_endprompt.eval.backends import MegatronBackend
+    from megatron_endprompt.eval.runner import evaluate
+
+    tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
+    runs = {}
+    for label, ckpt in models.items():
+        backend = MegatronBackend.from_checkpoint(ckpt)
+        runs[label] = evaluate(backend, tok, EVAL_TASKS, dc.eval_lengths, dc.eval_depths, dc.eval_samples, seed=0,
+                               max_new_tokens=12, progress=False)  # fmt: skip
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+        (out / "eval" / f"{label}.json").write_text(json.dumps(runs[label], indent=1))
+        logger.info("eval %s: %s", label, {t: runs[label]["results"][t] for t in EVAL_TASKS})
+    return runs
+
+
+def export_hf(out: Path, ckpt: Path, tokenizer: Path) -> dict:
+    """Export to HF, reload with transformers, compare logits with the Megatron checkpoint on one prompt."""
+    import torch
+
+    from megatron_endprompt.convert import megatron_to_hf
+    from megatron_endprompt.eval.backends import HFBackend, MegatronBackend
+
+    hf_dir = out / "hf" / "extended"
+    megatron_to_hf(ckpt, hf_dir, overwrite=True)
+    shutil.copy(tokenizer, hf_dir / "tokenizer.model")
+    ids = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(0))
+    ours = MegatronBackend.from_checkpoint(ckpt).logits(ids)
+    theirs = HFBackend(hf_dir, device="cpu").logits(ids)
+    diff = float((ours - theirs).abs().max())
+    logger.info("HF export %s: max |logit difference| vs megatron = %.2e", hf_dir, diff)
+    if diff > 1e-3:
+        raise RuntimeError(f"HF export of {ckpt} does not reproduce the logits (max diff {diff:.2e})")
+    return {"hf_dir": str(hf_dir), "max_abs_logit_diff": diff}
+
+
+def final_loss(save: Path) -> float | None:
+    """Last logged training loss from `<save>/metrics.jsonl` (None when absent)."""
+    path = save / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    losses = [json.loads(line).get("loss") for line in path.read_text().splitlines() if line.strip()]
+    losses = [x for x in losses if x is not None]
+    return round(losses[-1], 4) if losses else None
+
+
+def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str, float]) -> Path:
+    """results.md: per-task score tables (models x lengths), settings, stage timings; plus results.png."""
+    from megatron_endprompt.eval.report import comparison_table
+
+    dc = info["config"]
+    lines = [
+        f"# EndPrompt CPU demo{' (--fast: pipeline check only, numbers not meaningful)' if info['fast'] else ''}",
+        "",
+        f"Base model trained at P0 = {dc['base_length']} tokens; extended {dc['factor']}x to "
+        f"T = {dc['base_length'] * dc['factor']} with PI + EndPrompt on {dc['base_length']}-token samples.",
+        "Rows: `base` (no scaling), `pi_only` (linear RoPE scaling, no fine-tuning), `extended` (PI + EndPrompt).",
+        "",
+    ]
+    for task in EVAL_TASKS:
+        lines += [f"## {task} (accuracy %, by prompt length in tokens)", "", comparison_table(runs, task), ""]
+    lines += ["## Run", "", f"- final training loss: base {info['base_loss']}, extended {info['extend_loss']}",
+              f"- HF export: {info['export']}", "- stage timings (s): "
+              + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {round(sum(timings.values()), 1)}",
+              f"- settings: `{json.dumps(dc)}`", ""]  # fmt: skip
+    path = out / "results.md"
+    path.write_text("\n".join(lines))
+    plot_results(runs, out / "results.png")
+    return path
+
+
+def plot_results(runs: dict[str, dict], path: Path) -> Path:
+    """One panel per task: accuracy against prompt length, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(EVAL_TASKS), figsize=(5 * len(EVAL_TASKS), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], EVAL_TASKS, strict=True):
+        for label, res in runs.items():
+            row = sorted((int(n), v) for n, v in res["results"][task].items())
+            ax.plot([n for n, _ in row], [v for _, v in row], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-5, 105)
+        ax.set_title(task)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
+    """All stages; returns a summary dict (also written to <out>/summary.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    st = Stages()
+    corpus, _ = st.run("corpus", make_corpus, out, dc, seed)
+    tokenizer = st.run("tokenizer", make_tokenizer, out, corpus, dc)
+    data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
+    base_spec = recipe(dc, data["base"], out / "runs" / "base", dc.base_steps, dc.lr, seed)
+    base = st.run("base", run_training, out, "base", base_spec)
+    ext_spec = recipe(dc, data["endprompt"], out / "runs" / "extended", dc.extend_steps, dc.lr / 3, seed,
+                      rope_scaling={"type": "linear", "factor": float(dc.factor)})  # fmt: skip
+    ext_spec["checkpoint"]["init_from"] = str(base)
+    extended = st.run("extend", run_training, out, "extended", ext_spec)
+    models = {"base": base, "pi_only": pi_only(out, base, dc), "extended": extended}
+    runs = st.run("eval", evaluate_models, out, models, tokenizer, dc)
+    export = st.run("export", export_hf, out, extended, tokenizer)
+    info = {
+        "fast": fast, "config": asdict(dc), "base_loss": final_loss(out / "runs" / "base"),
+        "extend_loss": final_loss(out / "runs" / "extended"), "export": export,
+    }  # fmt: skip
+    report = st.run("report", write_report, out, runs, info, st.timings)
+    summary = {**info, "timings": st.timings, "results": {k: v["results"] for k, v in runs.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(report.read_text())
+    print(f"results: {report} and {out / 'results.png'}; total {sum(st.timings.values()):.0f} s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fast", action="store_true", help="tiny sizes (< 3 min): checks the pipeline only")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of corpus, data order and initialisation")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run_demo(args.out, FAST if args.fast else FULL, args.fast, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
