@@ -23,7 +23,9 @@ class ByteTokenizer:
         return [b + 3 for b in text.encode("utf-8")]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+        return bytes(i - 3 for i in ids if 3 <= i < 259).decode(
+            "utf-8", errors="replace"
+        )  # others: not bytes
 
     def token_to_id(self, token: str) -> int | None:
         data = token.encode("utf-8")

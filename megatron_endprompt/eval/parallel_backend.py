@@ -1,0 +1,149 @@
+"""Megatron backend sharded over tensor (TP) and context (CP) parallel ranks, launched with torchrun.
+
+Every rank runs the same evaluation loop on the same prompt (tasks are deterministic); the model is sharded:
+- TP: each rank holds 1/TP of the heads, MLP and vocabulary; logits rows are gathered only where needed.
+- CP: the prompt is padded to a multiple of 2*CP and split into megatron's load-balanced chunks; attention
+  all-gathers K/V (model/attention.py), so a 64K prompt costs each rank 1/CP of the activations.
+Perplexity uses the model's vocab-parallel cross entropy (labels passed in), so full logits never exist.
+Generation recomputes the prompt for every new token (no KV cache) and gathers just the last row's logits.
+Pipeline parallelism is not supported here: checkpoints are layout-free, so load them with PP=1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_endprompt.eval.backends import greedy_recompute
+
+logger = logging.getLogger(__name__)
+
+
+class ParallelMegatronBackend:
+    """Our checkpoint at TP x CP ranks (world size must equal TP * CP; PP = 1)."""
+
+    def __init__(
+        self, model: torch.nn.Module, vocab_size: int, max_positions: int, name: str, device: torch.device
+    ):
+        from megatron.core import parallel_state as ps
+
+        self.model = model.eval()
+        self.vocab_size = vocab_size
+        self.max_positions = max_positions
+        self.name = name
+        self.device = device
+        self.tp_group, self.cp_group = ps.get_tensor_model_parallel_group(), ps.get_context_parallel_group()
+        self.cp, self.cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, tp: int, cp: int, device: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> ParallelMegatronBackend:
+        from megatron_endprompt.convert import megatron_io
+        from megatron_endprompt.model.gpt import build_model, padded_vocab_size
+        from megatron_endprompt.parallel import initialize
+
+        initialize(tp=tp, pp=1, cp=cp)
+        if dist.get_world_size() != tp * cp:
+            raise ValueError(
+                f"--tp {tp} --cp {cp}: launch exactly tp*cp = {tp * cp} ranks (got {dist.get_world_size()})"
+            )
+        ckpt = megatron_io.resolve_checkpoint_dir(path)
+        cfg = megatron_io.read_model_json(ckpt)
+        metadata = megatron_io.checkpoint_metadata(ckpt)
+        prefix = megatron_io.checkpoint_prefix(metadata)
+        saved_vocab = metadata[prefix + "embedding.word_embeddings.weight"].global_shape[0]
+        if saved_vocab != padded_vocab_size(cfg.vocab_size, tp):
+            raise ValueError(
+                f"--tp {tp}: the checkpoint's vocabulary is padded to {saved_vocab} rows, TP={tp} needs "
+                f"{padded_vocab_size(cfg.vocab_size, tp)}; convert it with `--tp {tp}`"
+            )
+        model = build_model(cfg, params_dtype=dtype, use_te=False)
+        loaded = megatron_io.load_dist_checkpoint(model.sharded_state_dict(prefix=prefix), ckpt)
+        model.load_state_dict({k[len(prefix) :]: v for k, v in loaded.items()}, strict=True)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(device=dev, dtype=dtype).requires_grad_(False)
+        return cls(
+            model, cfg.vocab_size, cfg.max_position_embeddings, f"megatron-tp{tp}-cp{cp}:{ckpt.name}", dev
+        )
+
+    def _local_inputs(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This CP rank's chunks of the (padded) tokens and positions, and the padded length."""
+        from megatron_endprompt.parallel import slice_batch_for_cp
+
+        s = len(ids)
+        s_pad = -(-s // (2 * self.cp)) * 2 * self.cp
+        tokens = torch.tensor([list(ids) + [ids[-1]] * (s_pad - s)], dtype=torch.long, device=self.device)
+        # padding sits after every real token (causal: it changes nothing); clamp keeps positions < max
+        positions = torch.arange(s_pad, device=self.device).clamp(max=s - 1).unsqueeze(0)
+        local = slice_batch_for_cp({"tokens": tokens, "position_ids": positions})
+        return local["tokens"], local["position_ids"], s_pad
+
+    def _owner(self, index: int, s_pad: int) -> tuple[int, int]:
+        """(cp rank, local row) holding global sequence position `index`."""
+        from megatron_endprompt.parallel.context_parallel import cp_chunk_ids
+
+        chunk_len = s_pad // (2 * self.cp)
+        chunk = index // chunk_len
+        for r in range(self.cp):
+            ids = cp_chunk_ids(self.cp, r)
+            if chunk in ids:
+                return r, ids.index(chunk) * chunk_len + index % chunk_len
+        raise AssertionError(index)
+
+    def _gather_vocab(self, rows: torch.Tensor) -> torch.Tensor:
+        """[..., V/TP] shards -> [..., vocab_size] on every rank."""
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size(self.tp_group))]
+        dist.all_gather(parts, rows.contiguous(), group=self.tp_group)
+        return torch.cat(parts, dim=-1)[..., : self.vocab_size].float()
+
+    @torch.no_grad()
+    def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        seq = ids[0].tolist()
+        tokens, positions, s_pad = self._local_inputs(seq)
+        logits = self.model(tokens, positions)  # [1, s_local, V/TP]
+        owner, row = self._owner(len(seq) - 1, s_pad)
+        mine = logits[0, row] if owner == self.cp_rank else torch.zeros_like(logits[0, 0])
+        dist.all_reduce(mine, group=self.cp_group)  # only the owner contributes
+        return self._gather_vocab(mine)
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full [b, s, vocab] logits on every rank (for checks on short inputs; memory grows as s x vocab)."""
+        out = []
+        for seq in input_ids.tolist():
+            tokens, positions, s_pad = self._local_inputs(seq)
+            local = self._gather_vocab(self.model(tokens, positions)[0])  # [s_local, V]
+            parts = [torch.empty_like(local) for _ in range(self.cp)]
+            dist.all_gather(parts, local.contiguous(), group=self.cp_group)
+            rows = [self._owner(i, s_pad) for i in range(len(seq))]
+            out.append(torch.stack([parts[r][j] for r, j in rows]))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
+        ids = list(input_ids)
+        tokens, positions, s_pad = self._local_inputs(ids)
+        labels_full = torch.tensor([ids[1:] + [ids[-1]] * (s_pad - len(ids) + 1)], device=self.device)
+        from megatron_endprompt.parallel import slice_batch_for_cp
+
+        labels = slice_batch_for_cp({"labels": labels_full})["labels"]
+        loss = self.model(tokens, positions, labels=labels)[0].float()  # [s_local], TP-reduced already
+        parts = [torch.empty_like(loss) for _ in range(self.cp)]
+        dist.all_gather(parts, loss.contiguous(), group=self.cp_group)
+        rows = [self._owner(i, s_pad) for i in range(len(ids) - 1)]
+        return torch.stack([parts[r][j] for r, j in rows]).cpu()
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+    ) -> list[int]:
+        new = greedy_recompute(self._last_logits, input_ids, max_new_tokens, stop_ids, self.device)
+        # every rank computed the same argmax from the same gathered row; rank 0's answer is authoritative
+        out = torch.tensor([len(new), *new, *([0] * (max_new_tokens - len(new)))], device=self.device)
+        dist.broadcast(out, src=0)
+        return out[1 : 1 + int(out[0])].tolist()
