@@ -88,12 +88,18 @@ def build_train_valid_test(
     """[train, valid, test] datasets (None for an empty split) from built prefixes.
 
     prefixes_with_weights: ["a", "b"] (weights by size) or [("a", 0.7), ("b", 0.3)] (needs num_samples).
+    With num_samples, split i holds at least num_samples[i] samples (epochs repeat when needed; a weighted blend
+    may round up by a few, as megatron sizes each source with ceil(n * weight)).
     num_samples: samples per split (train, valid, test); None = one pass over each split.
     """
     prefixes, weights = _parse_blend(prefixes_with_weights)
-    if weights is not None and num_samples is None:
-        raise ValueError("data weights need num_samples (train, valid, test) to size the blend")
+    sized = num_samples is not None and all(n is not None for n in num_samples)
+    if weights is not None and not sized:
+        raise ValueError("data weights need num_samples (train, valid, test), all given, to size the blend")
     metas = [EndPromptSamples(p) for p in prefixes]
+    if weights is None and len(prefixes) > 1 and sized:
+        # megatron caps an unweighted blend at one epoch; weights proportional to size honour num_samples instead.
+        weights = [float(len(m)) for m in metas]
     lengths = {m.seq_length for m in metas}
     if len(lengths) != 1 or (seq_length is not None and lengths != {seq_length}):
         raise ValueError(

@@ -134,3 +134,11 @@ def test_samples_pickle_by_path(prefixes):
     assert len(blob) < 1000  # the memory-mapped tokens are not copied
     again = pickle.loads(blob)
     assert again.cue_loss_weight == 0.2 and _signature(again, 5) == _signature(ds, 5)
+
+
+def test_unweighted_blend_honours_num_samples_over_epochs(process_group, prefixes):
+    from megatron_endprompt.data.blended import build_train_valid_test
+
+    total = sum(len(load_samples(p)) for p in prefixes)
+    train = build_train_valid_test(prefixes, split="100,0,0", seed=2, num_samples=(3 * total, 0, 0))[0]
+    assert len(train) >= 3 * total
