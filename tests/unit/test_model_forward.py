@@ -176,3 +176,20 @@ def test_matches_hf_llama_with_pose_positions(scaling, hf_params):
         got = ours(ids, pos)[..., : cfg.vocab_size]
         ref = hf(input_ids=ids, position_ids=pos).logits
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+
+
+def test_bf16_build_keeps_every_parameter_in_bf16_and_tracks_fp32():
+    cfg = get_preset("tiny")
+    initialize(tp=1, pp=1, cp=1, seed=1234)
+    ref = build_model(cfg).eval()
+    initialize(tp=1, pp=1, cp=1, seed=1234)
+    model = build_model(cfg, params_dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config.bf16 and model.inv_freq(torch.device("cpu")).dtype == torch.float32
+    model.load_state_dict(
+        {k: v.to(torch.bfloat16) if torch.is_tensor(v) else v for k, v in ref.state_dict().items()}
+    )
+    ids = _tokens(cfg.vocab_size, 4)
+    with torch.no_grad():
+        got, want = model(ids, _pose_like()).float(), ref(ids, _pose_like())
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
