@@ -26,6 +26,8 @@ class ModelBackend(Protocol):
     name: str
     max_positions: int
     """Largest position id + 1 the model is configured for (longer prompts are refused)."""
+    vocab_size: int
+    """True vocabulary size (the tokenizer must not produce larger ids)."""
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[b, s] long -> [b, s, vocab] float32 logits with positions 0..s-1."""
@@ -85,6 +87,7 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(self.device).eval()
         self.name = f"hf:{Path(model_dir).name}"
         self.max_positions = int(self.model.config.max_position_embeddings)
+        self.vocab_size = int(self.model.config.vocab_size)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -136,6 +139,7 @@ class MegatronBackend:
         self.name = name
         self.device = torch.device(device or next(model.parameters()).device)
         self.max_positions = int(model.config.max_position_embeddings)
+        self.vocab_size = int(model.config.vocab_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):

@@ -130,6 +130,12 @@ def evaluate(
     """Evaluate `backend` on `tasks` at every length (and depth, for needle tasks); see the module docstring."""
     tasks, lengths, depths = list(tasks), [int(n) for n in lengths], [float(d) for d in depths]
     validate_request(tasks, lengths, depths, samples, backend.max_positions, max_new_tokens, ppl_data)
+    model_vocab, tok_vocab = getattr(backend, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
+    if model_vocab is not None and tok_vocab is not None and tok_vocab > model_vocab:
+        raise ValueError(
+            f"--tokenizer: {getattr(tokenizer, 'name', 'the tokenizer')} has {tok_vocab} tokens but the model's "
+            f"vocabulary has {model_vocab}; pass the tokenizer the model was trained with"
+        )
     gen_tasks = [t for t in tasks if t != PERPLEXITY]
     plan = [
         (task, n, d, i)
