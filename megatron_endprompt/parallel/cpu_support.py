@@ -15,7 +15,8 @@ This is the ONLY place where megatron-core is patched. Every patch is narrow, id
      `device="cuda"` (or a CUDA device) allocate on the CPU instead.
    This covers GlobalMemoryBuffer (`utils.py`), the default causal mask (`transformer/utils.py`), rotary
    `inv_freq` moved to `current_device()`, pipeline schedules' token counters and p2p receive buffers,
-   DDP grad buffers, optimizer scalars and clip-grad buffers, tensor-parallel layers / mappings.
+   DDP grad buffers, optimizer scalars, grad scaler and clip-grad buffers, tensor-parallel layers /
+   mappings / utils / `broadcast_data`, timers, the inference KV-cache allocation in attention.
 3. Type checks `param.type() == 'torch.cuda.FloatTensor'` and `Tensor.cuda()` inside a fixed list of
    functions (`_TYPE_CHECKED`): while those functions run, `Tensor.type()` without arguments reports CPU
    tensors under their CUDA names and `Tensor.cuda()` returns the tensor itself.
@@ -45,6 +46,10 @@ _CUDA_MODULES = (
     "megatron.core.transformer.transformer_layer",
     "megatron.core.tensor_parallel.layers",
     "megatron.core.tensor_parallel.mappings",
+    "megatron.core.tensor_parallel.utils",
+    "megatron.core.tensor_parallel.data",
+    "megatron.core.transformer.attention",
+    "megatron.core.timers",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.distributed.distributed_data_parallel",
@@ -53,6 +58,7 @@ _CUDA_MODULES = (
     "megatron.core.optimizer.optimizer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.optimizer.grad_scaler",
 )
 
 # (module, qualified name) of functions that compare `Tensor.type()` with CUDA type names or call `.cuda()`.
@@ -61,6 +67,7 @@ _TYPE_CHECKED = (
     ("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer._build_model_and_main_param_groups"),
     ("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer.__init__"),
     ("megatron.core.optimizer.clip_grads", "clip_grad_by_total_norm_fp32"),
+    ("megatron.core.tensor_parallel.data", "broadcast_data"),
     ("megatron.core.models.common.language_module.language_module",
      "LanguageModule.setup_embeddings_and_output_layer"),
 )  # fmt: skip

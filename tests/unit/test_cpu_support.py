@@ -76,6 +76,19 @@ def test_type_names_only_inside_wrapped_functions():
     assert torch.ones(1).type(torch.float64).dtype == torch.float64
 
 
+def test_broadcast_data_and_grad_scaler_on_cpu():
+    from megatron.core.optimizer.grad_scaler import DynamicGradScaler
+    from megatron.core.tensor_parallel import broadcast_data
+
+    data = {"tokens": torch.arange(6).view(2, 3)}
+    out = broadcast_data(["tokens"], data, torch.int64)
+    assert torch.equal(out["tokens"], data["tokens"]) and out["tokens"].device.type == "cpu"
+    scaler = DynamicGradScaler(2.0**8, 1.0, 2.0, 0.5, 10, 2)
+    scaler.update(found_inf=True)
+    scaler.update(found_inf=True)  # hysteresis 2: the second overflow backs off
+    assert scaler.scale.item() == 2.0**7 and scaler.scale.device.type == "cpu"
+
+
 def _train_steps(use_distributed_optimizer: bool, recompute: str | None, steps: int = 3) -> list[float]:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
