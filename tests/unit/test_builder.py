@@ -282,3 +282,26 @@ def test_flag_errors_before_work(tmp_path, corpus_jsonl, sp_model):
     with pytest.raises(FileNotFoundError, match="--input"):
         build(_cfg(tmp_path, tmp_path / "nope*.jsonl", sp_model, SchemeConfig("contiguous", 16, 16)))
     assert not list(tmp_path.glob("out*"))
+
+
+def test_memory_does_not_grow_with_corpus_size(tmp_path, sp_model):
+    import tracemalloc
+
+    peaks = []
+    for n_docs in (150, 1500):
+        corpus = write_jsonl(tmp_path / f"m{n_docs}.jsonl", make_texts(n_docs, seed=4))
+        tracemalloc.start()
+        build(
+            _cfg(
+                tmp_path,
+                corpus,
+                sp_model,
+                SchemeConfig("endprompt", 64, 4096),
+                name=f"m{n_docs}",
+                batch_docs=32,
+            )
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert os.path.getsize(tmp_path / "m1500.bin") > 8 * os.path.getsize(tmp_path / "m150.bin")
+    assert peaks[1] < 1.5 * peaks[0] + 256 * 1024, peaks
