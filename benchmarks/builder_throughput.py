@@ -102,7 +102,7 @@ def machine() -> dict:
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+")
     ap.add_argument("--tokenizer-type", default="SentencePieceTokenizer")
@@ -114,18 +114,11 @@ def main() -> None:
     ap.add_argument("--target-length", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=3, help="best of N (the machine may be shared)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "builder_throughput"))
-    args = ap.parse_args()
-    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    work = Path(tempfile.mkdtemp(prefix="ep_bench_"))
-    if not args.input:
-        synthetic_corpus(work / "corpus.jsonl", args.docs)
-        args.input = [str(work / "corpus.jsonl")]
-    if not args.tokenizer_model:
-        sample = [json.loads(line)["text"] for line, _ in zip(open(args.input[0]), range(2000), strict=False)]
-        args.tokenizer_model = train_sentencepiece(sample, work / "sp", vocab_size=8000)
-    files = expand_inputs(args.input)
-    tok = load_tokenizer(args.tokenizer_type, args.tokenizer_model)
-    raw = raw_throughput(files, ["text"], tok, args.repeats)
+    return ap.parse_args()
+
+
+def run_builders(args: argparse.Namespace, files: list[str], raw: dict, work: Path) -> list[dict]:
+    """One best-of-N build per worker count, with its ratios to the raw tokenizer."""
     runs = []
     for workers in args.workers:
         cfg = BuildConfig(
@@ -139,46 +132,38 @@ def main() -> None:
             cues=["This is the end of text, please pay attention here", "End.", "@eod"],
         )
         run = builder_run(cfg, args.repeats)
-        meta = run["meta"]
-        tps = meta["throughput"]["tokens_per_second"]
+        tps = run["meta"]["throughput"]["tokens_per_second"]
         runs.append(
             {
                 "workers": workers,
-                "seconds": meta["throughput"]["seconds"],
+                "seconds": run["meta"]["throughput"]["seconds"],
                 "tokens_per_second": tps,
                 "ratio_to_raw_x_workers": round(tps / (raw["tokens_per_second"] * workers), 3),
                 "cpu_seconds": run["cpu_seconds"],
                 "main_process_cpu_seconds": run["main_cpu_seconds"],
                 "worker_cpu_seconds": run["worker_cpu_seconds"],
                 "cpu_efficiency_vs_raw": round(raw["cpu_seconds"] / run["cpu_seconds"], 3),
-                "samples": meta["counts"]["samples"],
+                "samples": run["meta"]["counts"]["samples"],
             }
         )
-    result = {
-        "load_average_before": load_before,
-        "command": "python " + shlex.join(sys.argv),
-        "machine": machine(),
-        "input_bytes": sum(os.path.getsize(f) for f in files),
-        "tokenizer": tok.name,
-        "vocab_size": tok.vocab_size,
-        "raw": raw,
-        "builder": runs,
-        "target": ">= 0.8 x raw x workers",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    return runs
+
+
+def markdown(result: dict, args: argparse.Namespace) -> str:
+    """The results table with machine, command and load."""
+    raw, m = result["raw"], result["machine"]
     lines = [
         "# Builder throughput",
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs (shared), "
-        f"Python {result['machine']['python']}. Date: {result['date']}.",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs (shared with other jobs), Python {m['python']}. "
+        f"Date: {result['date']}.",
         "",
-        f"Input: {result['input_bytes'] / 1e6:.1f} MB JSONL, tokenizer {tok.name} (vocab {tok.vocab_size}), "
-        f"scheme {args.scheme}, P={args.seq_length}, T={args.target_length}.",
+        f"Input: {result['input_bytes'] / 1e6:.1f} MB JSONL, tokenizer {result['tokenizer']} "
+        f"(vocab {result['vocab_size']}), scheme {args.scheme}, P={args.seq_length}, T={args.target_length}.",
         "",
-        f"Load average before the runs: {load_before}. Best of {args.repeats} runs each.",
+        f"Load average before the runs: {result['load_average_before']}. Best of {args.repeats} runs each.",
         "",
         "| run | tokens/s | ratio to raw x workers | CPU s (all) | CPU s main / workers | CPU efficiency vs raw |",
         "|---|---|---|---|---|---|",
@@ -188,15 +173,46 @@ def main() -> None:
         f"| builder, {r['workers']} worker(s) | {r['tokens_per_second']:,.0f} | {r['ratio_to_raw_x_workers']:.3f} "
         f"| {r['cpu_seconds']} | {r['main_process_cpu_seconds']} / {r['worker_cpu_seconds']} "
         f"| {r['cpu_efficiency_vs_raw']:.3f} |"
-        for r in runs
+        for r in result["builder"]
     ]
     lines += [
         "",
         "CPU efficiency = raw CPU seconds / builder CPU seconds for the same tokens: the builder's overhead",
         "(reading, JSON, packing, writing, inter-process transfer) independent of how busy the machine is.",
     ]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    work = Path(tempfile.mkdtemp(prefix="ep_bench_"))
+    if not args.input:
+        synthetic_corpus(work / "corpus.jsonl", args.docs)
+        args.input = [str(work / "corpus.jsonl")]
+    if not args.tokenizer_model:
+        with open(args.input[0], encoding="utf-8") as f:
+            sample = [json.loads(line)["text"] for line, _ in zip(f, range(2000), strict=False)]
+        args.tokenizer_model = train_sentencepiece(sample, work / "sp", vocab_size=8000)
+    files = expand_inputs(args.input)
+    tok = load_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    raw = raw_throughput(files, ["text"], tok, args.repeats)
+    result = {
+        "load_average_before": load_before,
+        "command": "python " + shlex.join(sys.argv),
+        "machine": machine(),
+        "input_bytes": sum(os.path.getsize(f) for f in files),
+        "tokenizer": tok.name,
+        "vocab_size": tok.vocab_size,
+        "raw": raw,
+        "builder": run_builders(args, files, raw, work),
+        "target": ">= 0.8 x raw x workers",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result, args)
+    Path(args.out + ".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
