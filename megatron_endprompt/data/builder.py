@@ -136,7 +136,7 @@ def _setup_tokenizer(tokenizer_type: str, tokenizer_model: str, keys: list[str],
 
 
 def _tokenize_batch(batch: list[corpus.RawDoc]) -> list[tuple[str | None, np.ndarray | None, int]]:
-    """(reason, tokens, n_bytes) per document, in order."""
+    """(reason, tokens, n_chars) per document, in order."""
     tok, keys, eod = _WORKER["tok"], _WORKER["keys"], _WORKER["eod"]
     out = []
     for doc in batch:
