@@ -108,7 +108,7 @@ def check_positions(position_ids: torch.Tensor, max_position_embeddings: int) ->
     """Raise ValueError when a position id is negative or >= max_position_embeddings."""
     if position_ids.numel() == 0:
         return
-    lo, hi = int(position_ids.min()), int(position_ids.max())
+    lo, hi = torch.stack([position_ids.min(), position_ids.max()]).tolist()  # one device sync
     if lo < 0 or hi >= max_position_embeddings:
         raise ValueError(
             f"position ids must lie in [0, model.max_position_embeddings={max_position_embeddings}); "

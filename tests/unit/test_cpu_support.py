@@ -144,7 +144,9 @@ def _train_steps(use_distributed_optimizer: bool, recompute: str | None, steps: 
 
 
 @pytest.mark.parametrize(
-    "dist_opt,recompute", [(False, None), (True, "full")], ids=["ddp-adam", "distopt-recompute"]
+    "dist_opt,recompute",
+    [(False, None), (True, "full"), (False, "selective")],
+    ids=["ddp-adam", "distopt-recompute-full", "recompute-selective"],
 )
 def test_training_step_with_megatron_ddp_optimizer_schedule(dist_opt, recompute):
     history = _train_steps(dist_opt, recompute)
