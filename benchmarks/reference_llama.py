@@ -24,15 +24,16 @@ _HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies [head_dim/2] in float32 after the configured scaling (PI divides positions instead)."""
+    """Inverse frequencies [head_dim/2] in float32 after the configured scaling (PI included)."""
     d = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     rs = cfg.rope_scaling
     if rs.type in ("none", "linear"):
         pass
     elif rs.type == "llama3":
-        inv_freq = _llama3_inv_freq(inv_freq, rs.factor, rs.low_freq_factor, rs.high_freq_factor,
-                                    rs.original_max_position_embeddings)  # fmt: skip
+        inv_freq = _llama3_inv_freq(
+            inv_freq, rs.factor, rs.low_freq_factor, rs.high_freq_factor, rs.original_max_position_embeddings
+        )
     else:
         raise ValueError(
             f"reference model: rope scaling {rs.type!r} is not implemented; use none, linear or llama3"
@@ -187,15 +188,25 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         rope_scaling = {"rope_type": "linear", "factor": rs.factor}
     elif rs.type == "llama3":
         rope_scaling = {
-            "rope_type": "llama3", "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
+            "rope_type": "llama3",
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
             "high_freq_factor": rs.high_freq_factor,
             "original_max_position_embeddings": rs.original_max_position_embeddings,
-        }  # fmt: skip
+        }
     return {
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_hidden_size,
-        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_query_groups, "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_position_embeddings, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
-        "attention_bias": False, "mlp_bias": False,
-    }  # fmt: skip
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_query_groups,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }

@@ -3,7 +3,7 @@
 One optimizer step = forward + backward + fused AdamW over one batch, in bf16, on one GPU. Each case reports
 step time, tokens/s, peak memory and MFU. Cases (default set, Llama-3-8B layer shapes, `--layers` of them):
 
-- `ep8k_b1` / `ep8k_b8`: EndPrompt samples, P = 8192 physical tokens, positions reaching T = 65536, batch 1 / 8;
+- `ep8k_b1` / `ep8k_b8`: EndPrompt samples, P = 8192 physical tokens, positions up to T = 65536, batch 1/8;
 - `full64k_b1`: contiguous 65536-token samples (full-length fine-tuning), batch 1;
 - `contig8k_b1` vs `upstream8k_b1`: our per-token RoPE on contiguous positions vs megatron's own RoPE;
 - `ref_*`: the same shapes with `benchmarks/reference_llama.py`;
@@ -13,7 +13,7 @@ MFU = tokens/s * F / peak, with F = 6 N + 6 L d_attn s FLOPs per token (`megatro
 N = every matmul weight incl. the LM head, excluding the embedding lookup; s = PHYSICAL length, so EndPrompt
 at P = 8K pays the 8K attention term although its positions reach 64K). Peak = the device's dense bf16 peak.
 
-Usage: ``python benchmarks/train_throughput.py --out DIR`` on a CUDA machine (writes results.json + results.md);
+Usage: ``python benchmarks/train_throughput.py --out DIR`` on a CUDA machine (results.json + results.md);
 ``--smoke`` runs tiny versions of every case on CPU in seconds (a unit test does, so this file cannot rot).
 """
 
@@ -52,7 +52,7 @@ class Case:
 
     name: str
     impl: str
-    """`ours` (EndPromptGPTModel), `upstream` (megatron GPTModel with its own contiguous RoPE), `reference`."""
+    """`ours` (EndPromptGPTModel), `upstream` (megatron GPTModel, its own contiguous RoPE), `reference`."""
     seq_length: int
     """Physical tokens per sample."""
     batch: int
@@ -120,7 +120,8 @@ def batch_for(case: Case, vocab: int, device: torch.device, cue: int = 8) -> dic
 def build(impl: str, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, use_te: bool | None):
     """The model and a `loss_fn(model, batch) -> scalar` for one implementation."""
     if impl == "reference":
-        model = ReferenceLlama(cfg).to(device=device, dtype=dtype)
+        with torch.device(device):  # initialise on the GPU: building 2B parameters on the CPU takes minutes
+            model = ReferenceLlama(cfg).to(dtype=dtype)
 
         def ref_loss(m, b):
             logits = m(b["tokens"], b["position_ids"])
@@ -268,15 +269,29 @@ def to_markdown(results: list[Result], meta: dict) -> str:
         "MFU = tokens/s x (6N + 6 L d_attn s) / peak; N = matmul weights incl. LM head, excl. embedding; "
         "s = physical length.",
         "",
-        "| case | impl | P (physical) | batch | positions | SDPA | status | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
+        "| case | impl | P (physical) | batch | positions | SDPA | status | step ms | tokens/s | TFLOP/s "
+        "| MFU "
+        "| peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.case
         pos = f"endprompt T={c.target_length}" if c.scheme == "endprompt" else "contiguous"
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "n/a"
-        cells = [c.name, c.impl, c.seq_length, c.batch, pos, c.backend, r.status, r.step_ms, r.tokens_per_s,
-                 r.tflops_per_s, mfu, r.peak_gib]  # fmt: skip
+        cells = [
+            c.name,
+            c.impl,
+            c.seq_length,
+            c.batch,
+            pos,
+            c.backend,
+            r.status,
+            r.step_ms,
+            r.tokens_per_s,
+            r.tflops_per_s,
+            mfu,
+            r.peak_gib,
+        ]
         lines.append("| " + " | ".join("" if v is None else str(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -297,8 +312,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--use-te", type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
-                   default=None, help="auto | true | false: Transformer Engine layer spec for our model")  # fmt: skip
+    p.add_argument(
+        "--use-te",
+        type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
+        default=None,
+        help="auto | true | false: Transformer Engine layer spec for our model",
+    )
     p.add_argument(
         "--peak-tflops", type=float, default=None, help="peak dense TFLOP/s (default: from device name)"
     )
@@ -332,14 +351,28 @@ def main(argv: list[str] | None = None) -> list[Result]:
     results = []
     for case in cases:
         result = run_case(case, cfg, args, device)
-        logger.info("%-18s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB", case.name, result.status,
-                    result.step_ms, result.tokens_per_s, result.mfu, result.peak_gib)  # fmt: skip
+        logger.info(
+            "%-18s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB",
+            case.name,
+            result.status,
+            result.step_ms,
+            result.tokens_per_s,
+            result.mfu,
+            result.peak_gib,
+        )
         results.append(result)
     meta = {
-        "model": args.model if not args.smoke else "tiny", "layers": cfg.num_layers, "dtype": args.dtype,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup, "model_config": cfg.to_dict(),
-    }  # fmt: skip
+        "model": args.model if not args.smoke else "tiny",
+        "layers": cfg.num_layers,
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "model_config": cfg.to_dict(),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)

@@ -5,7 +5,7 @@ package's own entry points (data builder, training CLI, evaluation API, converte
 
 1. corpus     a synthetic general corpus (stories + retrieval tasks), `megatron_endprompt.demo_corpus`
 2. tokenizer  a SentencePiece model trained on it, `data.tokenizers.train_sentencepiece`
-3. data       contiguous samples at P0 (base) and EndPrompt samples at P0 with positions up to T, `data.builder`
+3. data       contiguous samples at P0 (base), EndPrompt samples at P0 with positions up to T, `data.builder`
 4. base       a small model pretrained at context P0, `python -m megatron_endprompt.train`
 5. extend     PI factor T/P0 + EndPrompt fine-tuning on short samples, `python -m megatron_endprompt.train`
 6. eval       passkey and NIAH at short and target lengths for base, PI-only and extended, `eval.evaluate`
@@ -79,22 +79,44 @@ class DemoConfig:
         """ModelConfig fields over the `tiny` preset (head dim 32, GQA 2:1 when there are >= 2 heads)."""
         heads = max(2, self.hidden_size // 32)
         return {
-            "num_layers": self.num_layers, "hidden_size": self.hidden_size,
-            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8, "num_attention_heads": heads,
-            "num_query_groups": heads // 2, "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8,
+            "num_attention_heads": heads,
+            "num_query_groups": heads // 2,
+            "vocab_size": self.vocab_size,
             "max_position_embeddings": self.target_length,
-        }  # fmt: skip
+        }
 
 
 FULL = DemoConfig(
-    documents=8000, max_words=150, vocab_size=512, base_length=256, factor=8, hidden_size=128, num_layers=4,
-    base_steps=800, extend_steps=150, global_batch=16, lr=3e-3, eval_lengths=(256, 512, 1024, 2032),
-    eval_samples=4, eval_depths=(0.1, 0.5, 0.9),
-)  # fmt: skip
+    documents=8000,
+    max_words=150,
+    vocab_size=512,
+    base_length=256,
+    factor=8,
+    hidden_size=128,
+    num_layers=4,
+    base_steps=800,
+    extend_steps=150,
+    global_batch=16,
+    lr=3e-3,
+    eval_lengths=(256, 512, 1024, 2032),
+    eval_samples=4,
+    eval_depths=(0.1, 0.5, 0.9),
+)
 FAST = replace(
-    FULL, documents=600, base_steps=12, extend_steps=6, global_batch=8, hidden_size=64, num_layers=2,
-    eval_lengths=(256, 2032), eval_samples=1, eval_depths=(0.5,),
-)  # fmt: skip
+    FULL,
+    documents=600,
+    base_steps=12,
+    extend_steps=6,
+    global_batch=8,
+    hidden_size=64,
+    num_layers=2,
+    eval_lengths=(256, 2032),
+    eval_samples=1,
+    eval_depths=(0.5,),
+)
 EVAL_TASKS = ("passkey", "niah_single_1")
 
 
@@ -120,8 +142,9 @@ def make_corpus(out: Path, dc: DemoConfig, seed: int) -> tuple[Path, Path]:
     """Training corpus and a held-out corpus (another seed) as JSON lines."""
     cfg = CorpusConfig(documents=dc.documents, max_words=dc.max_words, seed=seed)
     train = write_corpus(out / "corpus" / "train.jsonl", cfg)
-    heldout = write_corpus(out / "corpus" / "heldout.jsonl", replace(cfg, documents=max(50, dc.documents // 20),
-                                                                     seed=seed + 1))  # fmt: skip
+    heldout = write_corpus(
+        out / "corpus" / "heldout.jsonl", replace(cfg, documents=max(50, dc.documents // 20), seed=seed + 1)
+    )
     logger.info("corpus: %s (%.2f MB), held-out %s", train, train.stat().st_size / 1e6, heldout)
     return train, heldout
 
@@ -147,9 +170,18 @@ def build_data(out: Path, corpus: Path, tokenizer: Path, dc: DemoConfig, seed: i
     }
     for name, (scheme, cues) in schemes.items():
         prefix = str(out / "data" / name)
-        meta = build(BuildConfig(input=[str(corpus)], output_prefix=prefix, tokenizer_type="SentencePieceTokenizer",
-                                 tokenizer_model=str(tokenizer), scheme=scheme, cues=cues, append_eod=True,
-                                 seed=seed))  # fmt: skip
+        meta = build(
+            BuildConfig(
+                input=[str(corpus)],
+                output_prefix=prefix,
+                tokenizer_type="SentencePieceTokenizer",
+                tokenizer_model=str(tokenizer),
+                scheme=scheme,
+                cues=cues,
+                append_eod=True,
+                seed=seed,
+            )
+        )
         logger.info("data %s: %s", name, meta.get("counts"))
         prefixes[name] = prefix
     return prefixes
@@ -158,25 +190,64 @@ def build_data(out: Path, corpus: Path, tokenizer: Path, dc: DemoConfig, seed: i
 # ---------------------------------------------------------------------------------------------- stages 4-5
 
 
-def recipe(dc: DemoConfig, data_prefix: str, save: Path, steps: int, lr: float, seed: int, **model) -> dict:
-    """A training recipe (the YAML schema of `megatron_endprompt.train`) for one demo run."""
-    micro = min(8, dc.global_batch)
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the demo or the toy reproduction (becomes a `megatron_endprompt.train` recipe)."""
+
+    data_prefix: str
+    """Built dataset prefix."""
+    seq_length: int
+    """Physical sample length of that dataset."""
+    global_batch: int
+    """Samples per optimizer step."""
+    steps: int
+    """Optimizer steps."""
+    lr: float
+    """Peak learning rate (cosine decay to lr / 10 after a short warmup)."""
+    save: str
+    """Checkpoint directory."""
+    seed: int = 0
+    """Initialisation and data-order seed."""
+    init_from: str | None = None
+    """Checkpoint whose weights start the run (None: random initialisation)."""
+    cue_loss_weight: float = 0.1
+    """Loss weight of EndPrompt cue tokens."""
+
+
+def recipe(run: RunSpec, model: dict) -> dict:
+    """The YAML recipe of `megatron_endprompt.train` for `run`; `model` holds the ModelConfig fields."""
+    micro = max(1, min(8, run.global_batch))
+    while run.global_batch % micro:
+        micro -= 1
     return {
-        "model": {"preset": "tiny", **dc.model_overrides(), **model},
+        "model": {"preset": "tiny", **model},
         "precision": {"dtype": "fp32"},
-        "optimizer": {"lr": lr, "min_lr": lr / 10, "lr_schedule": "cosine", "warmup_steps": min(20, steps // 5),
-                      "weight_decay": 0.0, "clip_grad": 1.0},
-        "data": {"paths": [data_prefix], "seq_length": dc.base_length, "micro_batch_size": micro,
-                 "global_batch_size": dc.global_batch, "split": "100,0,0", "num_workers": 0,
-                 "cue_loss_weight": 0.1, "seed": seed},
-        "training": {"train_steps": steps, "seed": seed},
-        "checkpoint": {"save": str(save)},
-        "logging": {"log_interval": max(1, steps // 10)},
-    }  # fmt: skip
+        "optimizer": {
+            "lr": run.lr,
+            "min_lr": run.lr / 10,
+            "lr_schedule": "cosine",
+            "warmup_steps": min(20, run.steps // 5),
+            "weight_decay": 0.0,
+            "clip_grad": 1.0,
+        },
+        "data": {
+            "paths": [run.data_prefix],
+            "seq_length": run.seq_length,
+            "micro_batch_size": micro,
+            "global_batch_size": run.global_batch,
+            "split": "100,0,0",
+            "num_workers": 0,
+            "cue_loss_weight": run.cue_loss_weight,
+            "seed": run.seed,
+        },
+        "training": {"train_steps": run.steps, "seed": run.seed},
+        "checkpoint": {"save": run.save, "init_from": run.init_from},
+        "logging": {"log_interval": max(1, run.steps // 10)},
+    }
 
 
 def run_training(out: Path, name: str, spec: dict) -> Path:
-    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns the latest checkpoint."""
+    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns its last checkpoint."""
     from megatron_endprompt.training.checkpoint_io import find_latest
 
     path = out / "recipes" / f"{name}.yaml"
@@ -185,8 +256,12 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
     save = Path(spec["checkpoint"]["save"])
     if save.exists():
         shutil.rmtree(save)  # a fresh run: the CLI would otherwise resume from it
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", str(path)]
     logger.info("$ %s", " ".join(cmd))
     proc = subprocess.run(cmd, env=env)
@@ -199,7 +274,7 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
 
 
 def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
-    """The base weights with linear RoPE scaling T/P0 and no fine-tuning (a copy with an edited model config)."""
+    """Base weights with linear RoPE scaling T/P0, no fine-tuning (a copy with an edited model config)."""
     from megatron_endprompt.training.config import MODEL_CONFIG_FILE
 
     dest = out / "runs" / "pi_only"
@@ -225,8 +300,17 @@ def evaluate_models(out: Path, models: dict[str, Path], tokenizer: Path, dc: Dem
     runs = {}
     for label, ckpt in models.items():
         backend = MegatronBackend.from_checkpoint(ckpt)
-        runs[label] = evaluate(backend, tok, EVAL_TASKS, dc.eval_lengths, dc.eval_depths, dc.eval_samples, seed=0,
-                               max_new_tokens=12, progress=False)  # fmt: skip
+        runs[label] = evaluate(
+            backend,
+            tok,
+            EVAL_TASKS,
+            dc.eval_lengths,
+            dc.eval_depths,
+            dc.eval_samples,
+            seed=0,
+            max_new_tokens=12,
+            progress=False,
+        )
         (out / "eval").mkdir(parents=True, exist_ok=True)
         (out / "eval" / f"{label}.json").write_text(json.dumps(runs[label], indent=1))
         logger.info("eval %s: %s", label, {t: runs[label]["results"][t] for t in EVAL_TASKS})
@@ -269,19 +353,28 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
 
     dc = info["config"]
     lines = [
-        f"# EndPrompt CPU demo{' (--fast: pipeline check only, numbers not meaningful)' if info['fast'] else ''}",
+        "# EndPrompt CPU demo"
+        + (" (--fast: pipeline check only, numbers not meaningful)" if info["fast"] else ""),
         "",
         f"Base model trained at P0 = {dc['base_length']} tokens; extended {dc['factor']}x to "
         f"T = {dc['base_length'] * dc['factor']} with PI + EndPrompt on {dc['base_length']}-token samples.",
-        "Rows: `base` (no scaling), `pi_only` (linear RoPE scaling, no fine-tuning), `extended` (PI + EndPrompt).",
+        "Rows: `base` (no scaling), `pi_only` (linear RoPE scaling, no fine-tuning), "
+        "`extended` (PI + EndPrompt).",
         "",
     ]
     for task in EVAL_TASKS:
         lines += [f"## {task} (accuracy %, by prompt length in tokens)", "", comparison_table(runs, task), ""]
-    lines += ["## Run", "", f"- final training loss: base {info['base_loss']}, extended {info['extend_loss']}",
-              f"- HF export: {info['export']}", "- stage timings (s): "
-              + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; total {round(sum(timings.values()), 1)}",
-              f"- settings: `{json.dumps(dc)}`", ""]  # fmt: skip
+    lines += [
+        "## Run",
+        "",
+        f"- final training loss: base {info['base_loss']}, extended {info['extend_loss']}",
+        f"- HF export: {info['export']}",
+        "- stage timings (s): "
+        + ", ".join(f"{k} {v}" for k, v in timings.items())
+        + f"; total {round(sum(timings.values()), 1)}",
+        f"- settings: `{json.dumps(dc)}`",
+        "",
+    ]
     path = out / "results.md"
     path.write_text("\n".join(lines))
     plot_results(runs, out / "results.png")
@@ -323,19 +416,33 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     corpus, _ = st.run("corpus", make_corpus, out, dc, seed)
     tokenizer = st.run("tokenizer", make_tokenizer, out, corpus, dc)
     data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
-    base_spec = recipe(dc, data["base"], out / "runs" / "base", dc.base_steps, dc.lr, seed)
-    base = st.run("base", run_training, out, "base", base_spec)
-    ext_spec = recipe(dc, data["endprompt"], out / "runs" / "extended", dc.extend_steps, dc.lr / 3, seed,
-                      rope_scaling={"type": "linear", "factor": float(dc.factor)})  # fmt: skip
-    ext_spec["checkpoint"]["init_from"] = str(base)
-    extended = st.run("extend", run_training, out, "extended", ext_spec)
+    model = dc.model_overrides()
+    base_run = RunSpec(
+        data["base"], dc.base_length, dc.global_batch, dc.base_steps, dc.lr, str(out / "runs" / "base"), seed
+    )
+    base = st.run("base", run_training, out, "base", recipe(base_run, model))
+    ext_run = RunSpec(
+        data["endprompt"],
+        dc.base_length,
+        dc.global_batch,
+        dc.extend_steps,
+        dc.lr / 3,
+        str(out / "runs" / "extended"),
+        seed,
+        init_from=str(base),
+    )
+    ext_model = {**model, "rope_scaling": {"type": "linear", "factor": float(dc.factor)}}
+    extended = st.run("extend", run_training, out, "extended", recipe(ext_run, ext_model))
     models = {"base": base, "pi_only": pi_only(out, base, dc), "extended": extended}
     runs = st.run("eval", evaluate_models, out, models, tokenizer, dc)
     export = st.run("export", export_hf, out, extended, tokenizer)
     info = {
-        "fast": fast, "config": asdict(dc), "base_loss": final_loss(out / "runs" / "base"),
-        "extend_loss": final_loss(out / "runs" / "extended"), "export": export,
-    }  # fmt: skip
+        "fast": fast,
+        "config": asdict(dc),
+        "base_loss": final_loss(out / "runs" / "base"),
+        "extend_loss": final_loss(out / "runs" / "extended"),
+        "export": export,
+    }
     report = st.run("report", write_report, out, runs, info, st.timings)
     summary = {**info, "timings": st.timings, "results": {k: v["results"] for k, v in runs.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

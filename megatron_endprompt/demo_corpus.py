@@ -1,10 +1,10 @@
 """A small synthetic "general" corpus for the CPU demo and the toy reproduction.
 
-Real pretraining corpora are large and carry licences; the demo needs a few MB of text that (a) a tiny model can
-learn quickly, (b) teaches it to retrieve information across its whole window, and (c) anyone may redistribute.
-So we generate it: ordinary short stories from a small grammar, mixed with retrieval documents that hide a fact in
-filler and ask for it at the end (passkey in the Landmark/PoSE template, and RULER-style "special magic number"
-needles, with one or several needles). Everything is deterministic given the seed.
+Real pretraining corpora are large and carry licences; the demo needs a few MB of text that (a) a tiny model
+can learn quickly, (b) teaches it to retrieve information across its whole window, and (c) anyone may
+redistribute. So we generate it: ordinary short stories from a small grammar, mixed with retrieval documents
+that hide a fact in filler and ask for it at the end (passkey in the Landmark/PoSE template, and RULER-style
+"special magic number" needles, one or several per document). Everything is deterministic given the seed.
 
 The same corpus serves base pretraining and every extension variant: long-context skills are never trained
 with long data, only with the position schemes.
@@ -25,8 +25,8 @@ from pathlib import Path
 from megatron_endprompt.eval.tasks import niah, vocab
 from megatron_endprompt.eval.tasks import passkey as passkey_task
 
-# Retrieval documents use the evaluation's own templates and key/value generators, so the skills trained here are
-# the ones `megatron_endprompt.eval` measures (the answer is appended; the eval asks the model to produce it).
+# Retrieval documents use the evaluation's own templates and key/value generators, so the skills trained here
+# are the ones `megatron_endprompt.eval` measures (the answer is appended; the eval asks the model for it).
 MAGIC_WORDS = {"some": "A", "are": "is", "are_all": "is", "kind": "number"}  # RULER's singular wording
 
 
@@ -77,7 +77,7 @@ class CorpusConfig:
 
 
 def _story_sentence(rng: random.Random, name: str, place: str) -> str:
-    """One sentence of a story about `name`; names and places recur so there is something to attend back to."""
+    """One sentence of a story about `name`; names and places recur: something to attend back to."""
     obj, adj, verb = rng.choice(OBJECTS), rng.choice(ADJECTIVES), rng.choice(VERBS_PAST)
     count = rng.randint(2, 9)
     templates = (

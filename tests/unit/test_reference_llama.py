@@ -25,7 +25,7 @@ def test_logits_match_hf_llama_with_jumping_positions(scaling: RopeScaling) -> N
     missing, unexpected = ref.load_state_dict(hf.state_dict(), strict=False)
     assert not unexpected and not missing, (missing, unexpected)
     ids = torch.randint(0, cfg.vocab_size, (2, 24))
-    # EndPrompt-like positions: a text segment, then a terminal segment near the end of the window, per sample.
+    # EndPrompt-like positions: a text segment, then a terminal segment near the end of the window.
     pos = torch.stack([torch.cat([torch.arange(16), torch.arange(2040, 2048)]),
                        torch.cat([torch.arange(20), torch.arange(1000, 1004)])])  # fmt: skip
     with torch.no_grad():
@@ -42,7 +42,7 @@ def test_refuses_positions_beyond_window() -> None:
 
 
 def test_parameter_count_matches_flops_module() -> None:
-    """training/flops.py counts parameters analytically; a real module must agree (Llama-3-8B layer shapes)."""
+    """training/flops.py counts parameters analytically; a real module must agree (Llama-3-8B shapes)."""
     cfg = get_preset("llama3-8b").replace(num_layers=2)
     with torch.device("meta"):  # count without allocating
         ref = ReferenceLlama(cfg)

@@ -1,4 +1,4 @@
-"""The GPU benchmark's --smoke mode runs every case kind on CPU, so the script keeps working between GPU sessions."""
+"""The GPU benchmark's --smoke mode runs every case kind on CPU: the script keeps working between GPU runs."""
 
 import json
 import os

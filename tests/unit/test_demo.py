@@ -1,0 +1,43 @@
+"""`python -m megatron_endprompt.demo --fast` runs every stage end to end (README command 1, shrunk)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_fast_end_to_end(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "megatron_endprompt.demo", "--fast", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # every stage ran and was timed
+    stages = {"corpus", "tokenizer", "data", "base", "extend", "eval", "export", "report"}
+    assert set(summary["timings"]) == stages
+    # three models evaluated on both tasks at every length, scores are percentages
+    assert set(summary["results"]) == {"base", "pi_only", "extended"}
+    lengths = {str(n) for n in summary["config"]["eval_lengths"]}
+    for per_task in summary["results"].values():
+        for task in ("passkey", "niah_single_1"):
+            assert set(per_task[task]) == lengths
+            assert all(0.0 <= v <= 100.0 for v in per_task[task].values())
+    # training ran and logged a finite loss; the HF export reproduces the Megatron logits
+    assert 0 < summary["base_loss"] < 10 and 0 < summary["extend_loss"] < 10
+    assert summary["export"]["max_abs_logit_diff"] < 1e-3
+    assert (Path(summary["export"]["hf_dir"]) / "config.json").is_file()
+    # the extension really changed the model config: PI factor 8 up to T = 8 * P0
+    ext_cfg = json.loads((tmp_path / "runs" / "pi_only" / "endprompt_model.json").read_text())
+    assert ext_cfg["rope_scaling"]["type"] == "linear" and ext_cfg["rope_scaling"]["factor"] == 8.0
+    report = (tmp_path / "results.md").read_text()
+    assert "| extended |" in report and "## passkey" in report
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the EndPrompt samples are P0 = 256 tokens whose cue ("End.") sits at the end of T = 2048
+    from megatron_endprompt.data import load_samples
+
+    sample = load_samples(str(tmp_path / "data" / "endprompt"))[0]
+    assert sample["tokens"].shape == (256,)
+    assert sample["position_ids"][-1] == 2047 and sample["position_ids"][0] == 0

@@ -1,0 +1,39 @@
+"""The demo corpus: deterministic; stories mixed with retrieval tasks in the eval's templates + answers."""
+
+import json
+import re
+
+import pytest
+
+from megatron_endprompt.demo_corpus import CorpusConfig, generate_documents, main
+from megatron_endprompt.eval.tasks import passkey
+
+
+def test_deterministic_and_seed_dependent() -> None:
+    cfg = CorpusConfig(documents=200, seed=3)
+    assert list(generate_documents(cfg)) == list(generate_documents(cfg))
+    assert list(generate_documents(cfg)) != list(generate_documents(CorpusConfig(documents=200, seed=4)))
+
+
+def test_retrieval_documents_carry_their_answer() -> None:
+    docs = list(generate_documents(CorpusConfig(documents=400, retrieval_fraction=1.0, passkey_max=999)))
+    pk = [d for d in docs if d.startswith(passkey.INSTRUCTION)]
+    magic = [d for d in docs if "special magic numbers for" in d]
+    assert pk and magic and len(pk) + len(magic) == len(docs)
+    for d in pk:
+        key = re.search(r"The pass key is (\d+)\. Remember it\.", d).group(1)
+        assert d.endswith(f"{passkey.QUESTION} {key}.") and 1 <= int(key) <= 999
+    for d in magic:
+        needles = dict(re.findall(r"special magic numbers for (\S+) is: (\d{7})\.", d))
+        asked = re.findall(r"mentioned in the provided text is (\d+)\.", d)
+        assert sorted(asked) == sorted(needles.values())  # every needle is asked for, with its own value
+
+
+def test_mix_and_validation(tmp_path) -> None:
+    docs = list(generate_documents(CorpusConfig(documents=1000, retrieval_fraction=0.5)))
+    share = sum("pass key" in d or "magic number" in d for d in docs) / len(docs)
+    assert 0.4 < share < 0.6
+    with pytest.raises(ValueError, match="--max-words"):
+        CorpusConfig(min_words=10, max_words=5).validate()
+    main(["--out", str(tmp_path / "c.jsonl"), "--documents", "5"])
+    assert len([json.loads(x)["text"] for x in (tmp_path / "c.jsonl").read_text().splitlines()]) == 5
