@@ -95,51 +95,66 @@ def check_cp_model(results: dict) -> None:
     results["cp_model_grads"] = worst
 
 
-def check_pp_positions(results: dict) -> None:
-    """PP=2 forward through megatron's schedule: position_ids reach stage 2; loss equals PP=1."""
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    cfg = get_preset("tiny")
-    initialize(tp=1, pp=1, cp=1, seed=5)
-    full = build_model(cfg).eval()
-    g = torch.Generator().manual_seed(4)
-    tokens = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
-    positions = torch.stack(
-        [torch.arange(S), torch.cat([torch.arange(S // 2), torch.arange(60000, 60000 + S // 2)])]
-    )
-    with torch.no_grad():
-        ref = full(tokens, positions, labels=tokens)
-    full_state = full.state_dict()
-
-    initialize(tp=1, pp=2, cp=1, seed=5)
-    stage = build_model(cfg).eval()
-    offset = parallel_state.get_pipeline_model_parallel_rank() * (cfg.num_layers // 2)
+def _load_stage(stage, full_state: dict, layer_offset: int) -> None:
+    """Load a PP stage chunk from a full (PP=1) state dict, shifting local layer numbers by `layer_offset`."""
     state = {}
     for key in stage.state_dict():
         src = key
         if key.startswith("decoder.layers."):
             idx, rest = key[len("decoder.layers.") :].split(".", 1)
-            src = f"decoder.layers.{int(idx) + offset}.{rest}"
+            src = f"decoder.layers.{int(idx) + layer_offset}.{rest}"
         state[key] = full_state[src]
     stage.load_state_dict(state)
+
+
+def check_pp_positions(results: dict, vp: int | None) -> None:
+    """PP=2 (optionally interleaved, vp chunks per rank) forward through megatron's schedule: position_ids
+    reach every stage and chunk; per-token losses equal the PP=1 model's."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    cfg = get_preset("tiny").replace(num_layers=4)
+    initialize(tp=1, pp=1, cp=1, seed=5)
+    full = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(4)
+    batches = []
+    for _ in range(2):
+        tokens = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
+        positions = torch.stack(
+            [torch.arange(S), torch.cat([torch.arange(S // 2), torch.arange(60000, 60000 + S // 2)])]
+        )
+        batches.append({"tokens": tokens, "position_ids": positions})
+    with torch.no_grad():
+        refs = [full(b["tokens"], b["position_ids"], labels=b["tokens"]) for b in batches]
+    full_state = full.state_dict()
+
+    initialize(tp=1, pp=2, cp=1, seed=5, vp=vp)
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    chunks = []
+    for v in range(vp or 1):
+        stage = build_model(cfg, vp_stage=v if vp else None).eval()
+        per_chunk = cfg.num_layers // (2 * (vp or 1))
+        _load_stage(stage, full_state, (v * 2 + pp_rank) * per_chunk)
+        chunks.append(stage)
 
     def forward_step(data_iterator, module):
         batch = next(data_iterator)
         out = module(batch["tokens"], batch["position_ids"], labels=batch["tokens"])
         return out, lambda per_token: (per_token.sum(), {"per_token": per_token.detach().clone()})
 
+    iterators = [iter(batches) for _ in chunks]
     out = get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter([{"tokens": tokens, "position_ids": positions}]),
-        model=[stage],
-        num_microbatches=1,
+        data_iterator=iterators if vp else iterators[0],
+        model=chunks,
+        num_microbatches=len(batches),
         seq_length=S,
         micro_batch_size=B,
         forward_only=True,
     )
     if parallel_state.is_pipeline_last_stage():
-        results["pp_loss"] = _max_diff(out[0]["per_token"], ref)
+        name = f"pp_vp{vp}_loss" if vp else "pp_loss"
+        results[name] = max(_max_diff(o["per_token"], r) for o, r in zip(out, refs, strict=True))
 
 
 def main() -> None:
@@ -149,7 +164,8 @@ def main() -> None:
         initialize(tp=1, pp=1, cp=2, seed=1234)
         check_cp_attention(results)
         check_cp_model(results)
-        check_pp_positions(results)
+        check_pp_positions(results, vp=None)
+        check_pp_positions(results, vp=2)
     except Exception:  # report instead of hanging the other rank's assertions
         results["error"] = traceback.format_exc()
     (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))

@@ -1,4 +1,4 @@
-"""Context-parallel attention and pipeline position plumbing on 2 gloo ranks (one torchrun launch)."""
+"""Context-parallel attention and pipeline (incl. interleaved) position plumbing on 2 gloo ranks (one launch)."""
 
 from __future__ import annotations
 
@@ -50,5 +50,6 @@ def test_cp_model_matches_single_rank(results):
         assert res["cp_model_grads"] < 1e-5
 
 
-def test_pp_stage_two_gets_positions(results):
-    assert results[1]["pp_loss"] < 1e-5  # rank 1 is the last stage
+@pytest.mark.parametrize("name", ["pp_loss", "pp_vp2_loss"], ids=["1f1b", "interleaved-vp2"])
+def test_pp_stages_get_positions(results, name):
+    assert len(results[1]) and results[1][name] < 1e-5  # rank 1 is the last stage
