@@ -193,3 +193,29 @@ def test_bf16_build_keeps_every_parameter_in_bf16_and_tracks_fp32():
     with torch.no_grad():
         got, want = model(ids, _pose_like()).float(), ref(ids, _pose_like())
     assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192},
+        {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192, "attention_factor": 0.9},
+        {"type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096, "mscale": 0.707,
+         "mscale_all_dim": 1.0},
+        {"type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192},
+    ],
+    ids=["yarn-default", "yarn-attention-factor", "yarn-deepseek-mscale", "llama3"],
+)  # fmt: skip
+def test_megatron_attention_uses_our_rope_scaling(scaling):
+    """megatron's attention multiplies cos/sin by the concentration factor it reads from the config."""
+    from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
+        _yarn_get_concentration_factor_from_config,
+    )
+
+    from megatron_endprompt.model.rope import inv_freq_and_scaling
+
+    cfg = get_preset("tiny").replace(rope_scaling=scaling)
+    expected = inv_freq_and_scaling(cfg)[1]
+    assert _yarn_get_concentration_factor_from_config(to_transformer_config(cfg)) == pytest.approx(
+        expected, rel=1e-14
+    )
