@@ -126,7 +126,6 @@ def _save(cfg: TrainConfig, engine, iteration: int, consumed: int) -> None:
             keep_last=cfg.checkpoint.keep_last,
             before_commit=before_commit,
         )
-    logger.info("saved checkpoint %s/iter_%07d", save, iteration)
 
 
 def evaluate(cfg: TrainConfig, engine, valid: Sequence, dp: tuple[int, int]) -> dict[str, float | None]:

@@ -218,3 +218,16 @@ def test_cli_rejects_invalid_layout_before_importing_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "--parallel.tensor_parallel" in proc.stderr and "world size 1" in proc.stderr
+
+
+def test_docs_reference_lists_every_field() -> None:
+    """docs/training.md embeds the generated schema; regenerate with python -m megatron_endprompt.training.schema_doc."""
+    from pathlib import Path
+
+    from megatron_endprompt.training.schema_doc import BEGIN, END, markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    embedded = doc[doc.index(BEGIN) : doc.index(END) + len(END)]
+    assert embedded == markdown(), (
+        "docs/training.md is stale: paste the output of schema_doc between the markers"
+    )
