@@ -86,9 +86,27 @@ def check_hf_tensors(reader: HFReader, cfg: ModelConfig) -> torch.dtype:
     return dtypes.pop()
 
 
+def split_factory(item) -> list:
+    """The ShardedTensors a ShardedTensorFactory stands for (SwiGLU fc1: the gate half, then the up half).
+
+    Handing these to dist_checkpointing directly, each with its own buffer, avoids the factory's
+    chunk-then-clone on save and its concatenation on load (each would cost another copy of fc1).
+    """
+    parts = item.build()
+    return parts if isinstance(parts, list) else [parts]
+
+
+def _set_data(item, tensor: torch.Tensor, name: str) -> None:
+    if tuple(tensor.shape) != tuple(item.local_shape):
+        raise ConversionError(
+            f"{name}: packed shape {list(tensor.shape)} != model shape {list(item.local_shape)}"
+        )
+    item.data, item.dtype = tensor, tensor.dtype
+
+
 def _fill(sharded_sd: dict, reader: HFReader, cfg: ModelConfig, padded_vocab: int, progress: bool) -> int:
     """Put HF tensors into the model's sharded state dict in place; returns the number of elements."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
     from tqdm import tqdm
 
     numel = 0
@@ -100,24 +118,25 @@ def _fill(sharded_sd: dict, reader: HFReader, cfg: ModelConfig, padded_vocab: in
                 continue
             raise ConversionError(f"model tensor {name} has no HF counterpart in convert/key_map.py")
         rule, layer = found
-        tensor = key_map.to_megatron(
-            rule, [reader.get(n) for n in key_map.hf_names(rule, layer)], cfg, padded_vocab
-        )
-        numel += tensor.numel()
+        hf_tensors = [reader.get(n) for n in key_map.hf_names(rule, layer)]
+        numel += sum(t.numel() for t in hf_tensors)
+        if isinstance(item, ShardedTensorFactory):
+            parts = split_factory(item)
+            if rule.kind != "concat" or len(parts) != len(hf_tensors):
+                raise ConversionError(f"{name}: unexpected sharded factory for a {rule.kind!r} rule")
+            for part, tensor in zip(parts, hf_tensors, strict=True):
+                _set_data(part, tensor, name)
+            sharded_sd[name] = parts
+            continue
+        tensor = key_map.to_megatron(rule, hf_tensors, cfg, padded_vocab)
         if rule.kind == "vocab":
             # The TP=1 model pads the vocabulary less than --tp asks for: describe the bigger tensor.
+            numel += tensor.numel() - hf_tensors[0].numel()
             sharded_sd[name] = ShardedTensor.from_rank_offsets(
                 item.key, tensor, replica_id=item.replica_id, allow_shape_mismatch=True
             )
-            continue
-        expected_shape = tuple(item.data.shape)
-        if tuple(tensor.shape) != expected_shape:
-            raise ConversionError(
-                f"{name}: packed shape {list(tensor.shape)} != model shape {list(expected_shape)}"
-            )
-        item.data = tensor
-        if isinstance(item, ShardedTensor):
-            item.dtype = tensor.dtype
+        else:
+            _set_data(item, tensor, name)
     return numel
 
 

@@ -23,12 +23,15 @@ class LoadedModel(torch.nn.Module):
         self.checkpoint_dir = checkpoint_dir
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [b, s, vocab_size] (float32) for `input_ids` [b, s]; positions default to 0..s-1."""
+        """Logits [b, s, vocab_size] (float32, on the model's device) for `input_ids` [b, s] (moved to the
+        model's device); positions default to 0..s-1."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        device = next(self.model.parameters()).device
+        input_ids = input_ids.to(device)
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        logits = self.model(input_ids, position_ids.to(input_ids.device))
+            position_ids = torch.arange(input_ids.shape[1], device=device).expand_as(input_ids)
+        logits = self.model(input_ids, position_ids.to(device))
         return logits[..., : self.config.vocab_size].float()
 
 
@@ -39,8 +42,10 @@ def load_model(
 
     `megatron_dir` is a converted dir, a training iteration dir, or a training save root (its `latest`
     is followed). torch.distributed and parallel_state (TP=PP=CP=1) are initialised when needed.
-    Parameters are frozen (requires_grad False).
+    device: None means CUDA when available, else CPU. Parameters are frozen (requires_grad False).
     """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = megatron_io.resolve_checkpoint_dir(megatron_dir)
     cfg = megatron_io.read_model_json(ckpt)
     prefix = megatron_io.checkpoint_prefix(megatron_io.checkpoint_metadata(ckpt))

@@ -21,7 +21,7 @@ from megatron_endprompt.convert import key_map, megatron_io
 from megatron_endprompt.convert.errors import ConversionError
 from megatron_endprompt.convert.hf_config import DIALECTS, HFSource, build_hf_config
 from megatron_endprompt.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, write_hf_shards
-from megatron_endprompt.convert.hf_to_megatron import ConversionSummary
+from megatron_endprompt.convert.hf_to_megatron import ConversionSummary, split_factory
 from megatron_endprompt.convert.staging import check_output_dir, staged_dir
 from megatron_endprompt.model.config import ModelConfig
 
@@ -47,16 +47,23 @@ def _groups(sharded_sd: dict) -> list[list[str]]:
     return [first, *(layers[i] for i in sorted(layers)), last]
 
 
-def _materialise(item, metadata: dict) -> None:
-    """Give a meta-device sharded entry a real (empty) buffer with the checkpoint's dtype."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+def _materialise(sharded_sd: dict, name: str, metadata: dict) -> None:
+    """Give a meta-device sharded entry real (empty) buffers with the checkpoint's dtype.
 
-    stored = metadata.get(item.key)
-    if stored is None:
-        raise ConversionError(f"checkpoint has no tensor {item.key!r} that the model needs")
-    item.data = torch.empty(tuple(item.data.shape), dtype=stored.dtype)
-    if isinstance(item, ShardedTensor):
-        item.dtype = stored.dtype
+    A ShardedTensorFactory (SwiGLU fc1) is replaced by its parts, each with its own buffer, so that the
+    load fills them in place instead of concatenating into a second copy.
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+    item = sharded_sd[name]
+    parts = split_factory(item) if isinstance(item, ShardedTensorFactory) else [item]
+    for part in parts:
+        stored = metadata.get(part.key)
+        if stored is None:
+            raise ConversionError(f"checkpoint has no tensor {part.key!r} that the model needs")
+        part.data = torch.empty(tuple(part.local_shape), dtype=stored.dtype)
+        part.dtype = stored.dtype
+    sharded_sd[name] = parts if isinstance(item, ShardedTensorFactory) else item
 
 
 def _iter_hf_tensors(
@@ -72,9 +79,10 @@ def _iter_hf_tensors(
     from tqdm import tqdm
 
     groups = _groups(sharded_sd)
+    for group in groups:
+        for name in group:
+            _materialise(sharded_sd, name, metadata)
     wanted = {name: sharded_sd[name] for group in groups for name in group}
-    for item in wanted.values():
-        _materialise(item, metadata)
     loaded = megatron_io.load_dist_checkpoint(wanted, ckpt)
     del wanted
     for group in tqdm(groups, desc="megatron->hf", unit="group", disable=not progress):
@@ -82,11 +90,12 @@ def _iter_hf_tensors(
             rule, layer = key_map.match(name)
             tensor = loaded.pop(name)
             sharded_sd[name] = None
-            for hf_name, t in zip(
-                key_map.hf_names(rule, layer), key_map.to_hf(rule, tensor, cfg), strict=True
-            ):
-                yield hf_name, t if dtype is None else t.to(dtype)
+            # A split factory comes back as its parts, already in HF order (gate, up).
+            hf_tensors = tensor if isinstance(tensor, list) else key_map.to_hf(rule, tensor, cfg)
             del tensor
+            for hf_name, t in zip(key_map.hf_names(rule, layer), hf_tensors, strict=True):
+                yield hf_name, t if dtype is None else t.to(dtype)
+            del hf_tensors
 
 
 def megatron_to_hf(
