@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="config.json RoPE dialect (default: as imported, else v4)")  # fmt: skip
     exp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                      help="weight dtype (default: as stored)")  # fmt: skip
+    exp.add_argument("--hf-reference", default=None,
+                     help="HF dir (or converted dir) whose config.json extras and tokenizer files to carry over; "
+                          "default: those recorded in the checkpoint")  # fmt: skip
     exp.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, GiB")
 
     for p in (imp, exp):
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = megatron_to_hf(
                 args.megatron_dir, args.hf_dir, dialect=args.hf_dialect, dtype=args.dtype,
                 overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 1024**3),
-                progress=not args.no_progress,
+                hf_reference=args.hf_reference, progress=not args.no_progress,
             )  # fmt: skip
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

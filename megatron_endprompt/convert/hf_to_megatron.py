@@ -170,7 +170,7 @@ def hf_to_megatron(
     with staged_dir(megatron_dir, overwrite, "--megatron-dir") as tmp:
         megatron_io.save_dist_checkpoint(sharded_sd, tmp)
         megatron_io.write_json(tmp / megatron_io.MODEL_JSON, cfg.to_dict())
-        assets = megatron_io.copy_hf_assets(hf_dir, tmp / megatron_io.HF_ASSETS_DIR, skip={"config.json"})
+        assets = megatron_io.copy_hf_assets(hf_dir, tmp / megatron_io.HF_ASSETS_DIR)
         megatron_io.write_json(
             tmp / megatron_io.SOURCE_JSON,
             {

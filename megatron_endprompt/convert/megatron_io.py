@@ -174,17 +174,24 @@ def checkpoint_prefix(metadata: dict) -> str:
     return hits[0][: -len(_EMBEDDING_KEY)]
 
 
-def copy_hf_assets(src: Path, dst: Path, skip: set[str]) -> list[str]:
-    """Copy small top-level non-weight files (tokenizer, generation config) from `src` to `dst`."""
-    import shutil
-
-    copied = []
+def hf_asset_files(src: Path, skip: tuple[str, ...] = ("config.json",)) -> list[Path]:
+    """Small top-level non-weight files of a HF dir (tokenizer, generation config, ...)."""
+    assets = []
     for path in sorted(Path(src).iterdir()):
         is_weight = path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.name.endswith(
             ".index.json"
         )
         if path.is_file() and not is_weight and path.name not in skip and path.stat().st_size < 512 * 1024**2:
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dst / path.name)
-            copied.append(path.name)
-    return copied
+            assets.append(path)
+    return assets
+
+
+def copy_hf_assets(src: Path, dst: Path) -> list[str]:
+    """Copy `hf_asset_files(src)` into `dst` (created when there is something to copy); returns the names."""
+    import shutil
+
+    files = hf_asset_files(src)
+    for path in files:
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst / path.name)
+    return [p.name for p in files]

@@ -19,7 +19,7 @@ import torch
 
 from megatron_endprompt.convert import key_map, megatron_io
 from megatron_endprompt.convert.errors import ConversionError
-from megatron_endprompt.convert.hf_config import DIALECTS, HFSource, build_hf_config
+from megatron_endprompt.convert.hf_config import DIALECTS, HFSource, build_hf_config, read_hf_config
 from megatron_endprompt.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, write_hf_shards
 from megatron_endprompt.convert.hf_to_megatron import ConversionSummary, split_factory
 from megatron_endprompt.convert.staging import check_output_dir, staged_dir
@@ -98,6 +98,24 @@ def _iter_hf_tensors(
             del hf_tensors
 
 
+def export_source(ckpt: Path, reference: str | Path | None = None) -> tuple[HFSource, list[Path]]:
+    """config.json details (dialect, token ids, ...) and tokenizer/generation files for an export.
+
+    From `reference` when given (a converted megatron dir with `endprompt_source.json`, or a HF dir),
+    else from the checkpoint itself (conversions record them; training checkpoints do not: v4, no files).
+    """
+    ref = Path(reference) if reference is not None else ckpt
+    if (ref / megatron_io.SOURCE_JSON).is_file():
+        assets = ref / megatron_io.HF_ASSETS_DIR
+        files = sorted(assets.iterdir()) if assets.is_dir() else []
+        return HFSource.from_dict(megatron_io.read_source_json(ref).get("hf")), files
+    if reference is None:
+        return HFSource(), []
+    if not (ref / "config.json").is_file():
+        raise ConversionError(f"--hf-reference: {ref} has neither {megatron_io.SOURCE_JSON} nor config.json")
+    return read_hf_config(ref)[1], megatron_io.hf_asset_files(ref)
+
+
 def megatron_to_hf(
     megatron_dir: str | Path,
     hf_dir: str | Path,
@@ -106,18 +124,20 @@ def megatron_to_hf(
     dtype: str | None = None,
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    hf_reference: str | Path | None = None,
     progress: bool = False,
 ) -> ConversionSummary:
     """Export a megatron checkpoint dir (or a training save root: `latest` is followed) to a HF dir.
 
     dialect: config.json RoPE dialect (`v4` or `v5`); default: the one recorded at import, else v4.
     dtype: `float32`, `bfloat16` or `float16`; default: the dtype stored in the checkpoint.
+    hf_reference: where config.json extras and tokenizer files come from (see `export_source`); use the
+    HF dir or the converted dir a training run started from when exporting a training checkpoint.
     """
     start = time.time()
     ckpt = megatron_io.resolve_checkpoint_dir(megatron_dir)
     cfg = megatron_io.read_model_json(ckpt)
-    info = megatron_io.read_source_json(ckpt)
-    source = HFSource.from_dict(info.get("hf"))
+    source, assets = export_source(ckpt, hf_reference)
     if dialect is not None:
         if dialect not in DIALECTS:
             raise ConversionError(f"--hf-dialect: unknown dialect {dialect!r}; choose one of {DIALECTS}")
@@ -144,13 +164,11 @@ def megatron_to_hf(
         files = write_hf_shards(tmp, counted(), max_shard_bytes)
         dtype_name = str(out_dtype).removeprefix("torch.")
         megatron_io.write_json(tmp / "config.json", build_hf_config(cfg, source, torch_dtype=dtype_name))
-        assets = ckpt / megatron_io.HF_ASSETS_DIR
-        if assets.is_dir():
-            for path in assets.iterdir():
-                shutil.copy2(path, tmp / path.name)
+        for path in assets:
+            shutil.copy2(path, tmp / path.name)
     summary = ConversionSummary(
         str(Path(hf_dir).absolute()), len(key_map.expected_hf_shapes(cfg)), numel, dtype_name,
-        key_map.padded_vocab_size(cfg.vocab_size), time.time() - start,
+        metadata[prefix + "embedding.word_embeddings.weight"].global_shape[0], time.time() - start,
     )  # fmt: skip
     logger.info("exported %s -> %s (%d files)", ckpt, summary, len(files))
     return summary

@@ -4,6 +4,7 @@ both dialects; the export loads with transformers' AutoModelForCausalLM and gene
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -110,3 +111,26 @@ def test_static_ntk_exports_as_scaled_theta_with_same_logits(tmp_path):
     assert (got - expect).abs().max() <= 1e-4
     hf_to_megatron(tmp_path / "ntk", tmp_path / "again")
     assert json.loads((tmp_path / "again" / MODEL_JSON).read_text()) == data
+
+
+def test_training_checkpoint_export_takes_source_details_from_a_reference(tmp_path):
+    src = save_tiny_hf_llama(tmp_path / "src")  # v5 dialect, with generation_config.json
+    hf_to_megatron(src, tmp_path / "converted")
+    # A training save root: the iteration dir has the dist checkpoint and endprompt_model.json only.
+    iter_dir = tmp_path / "save" / "iter_0000010"
+    shutil.copytree(
+        tmp_path / "converted", iter_dir, ignore=shutil.ignore_patterns("endprompt_source.json", "hf_*")
+    )
+    (iter_dir / "checkpoint_complete").touch()
+    (tmp_path / "save" / "latest").write_text("iter_0000010")
+    megatron_to_hf(tmp_path / "save", tmp_path / "plain")
+    assert (
+        "rope_theta" in _config(tmp_path / "plain")
+        and not (tmp_path / "plain" / "generation_config.json").exists()
+    )
+    for i, reference in enumerate((tmp_path / "converted", src)):
+        out = tmp_path / f"ref{i}"
+        megatron_to_hf(tmp_path / "save", out, hf_reference=reference)
+        assert _config(out)["rope_parameters"] == _config(src)["rope_parameters"]
+        assert (out / "generation_config.json").read_text() == (src / "generation_config.json").read_text()
+        _assert_identical(_tensors(src), _tensors(out))
