@@ -3,8 +3,10 @@ both dialects; the export loads with transformers' AutoModelForCausalLM and gene
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from megatron_endprompt.convert.megatron_io import MODEL_JSON
 from megatron_endprompt.convert.testing import save_tiny_hf_llama, write_random_hf_llama
 from megatron_endprompt.model.config import get_preset
 
+REPO = Path(__file__).resolve().parents[2]
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 8192, "rope_theta": 500000.0}  # fmt: skip
 
@@ -134,3 +137,22 @@ def test_training_checkpoint_export_takes_source_details_from_a_reference(tmp_pa
         assert _config(out)["rope_parameters"] == _config(src)["rope_parameters"]
         assert (out / "generation_config.json").read_text() == (src / "generation_config.json").read_text()
         _assert_identical(_tensors(src), _tensors(out))
+
+
+def test_cli_main_both_directions(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("convert_cli", REPO / "tools" / "convert_checkpoint.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    src = save_tiny_hf_llama(tmp_path / "src")
+    assert cli.main(["hf-to-megatron", "--hf-dir", str(src), "--megatron-dir", str(tmp_path / "m"), "--tp", "2",
+                     "--no-progress"]) == 0  # fmt: skip
+    assert "hf-to-megatron: wrote" in capsys.readouterr().out
+    args = ["megatron-to-hf", "--megatron-dir", str(tmp_path / "m"), "--hf-dir", str(tmp_path / "out"),
+            "--hf-dialect", "v4", "--dtype", "bfloat16", "--max-shard-gb", "0.0001", "--no-progress"]  # fmt: skip
+    assert cli.main(args) == 0
+    exported = _config(tmp_path / "out")
+    assert exported["torch_dtype"] == "bfloat16" and exported["rope_theta"] == 10000.0
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    assert cli.main(args) == 2 and "pass --overwrite" in capsys.readouterr().err
+    reference = {n: t.to(torch.bfloat16) for n, t in _tensors(src).items()}
+    _assert_identical(reference, _tensors(tmp_path / "out"))
