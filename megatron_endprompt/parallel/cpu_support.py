@@ -1,7 +1,8 @@
 """Make megatron-core 0.16.1 run on CPU with gloo. Does nothing when CUDA is available.
 
 This is the ONLY place where megatron-core is patched. Every patch is narrow, idempotent and listed here
-(each has a test in tests/unit/test_cpu_support.py):
+(tests in tests/unit/test_cpu_support.py, which also trains through megatron's DDP, optimizer, clip-grad,
+recompute and schedule; pipeline p2p paths in tests/distributed/test_cp_attention.py):
 
 1. RNG (`tensor_parallel/random.py`): the CUDA RNG tracker becomes `CpuRNGStatesTracker`, which tracks CPU
    generator states under the same names and seeds (`model_parallel_cuda_manual_seed` keeps its seed
