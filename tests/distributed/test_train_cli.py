@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +145,39 @@ def test_nan_loss_stops_with_the_step(tmp_path, caplog) -> None:
     assert match, caplog.text[-2000:]
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, int(match.group(1))))  # every finite step logged, the bad one not
+
+
+def test_init_from_hf_checkpoint_first_loss_matches_transformers(tmp_path) -> None:
+    """--checkpoint.init_from an HF-converted dir (model config read from its endprompt_model.json): the loss of
+    step 1 (computed before the first update) equals transformers' weighted loss on the same batch."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from megatron_endprompt.convert import hf_to_megatron
+    from megatron_endprompt.convert.testing import write_random_hf_llama
+    from megatron_endprompt.model.config import get_preset
+    from megatron_endprompt.train import main
+    from megatron_endprompt.training.config import load_config
+    from megatron_endprompt.training.datasets import build_splits
+
+    write_random_hf_llama(tmp_path / "hf", get_preset("tiny"), seed=3)
+    hf_to_megatron(tmp_path / "hf", tmp_path / "megatron")
+    args = ["--config", str(RECIPE), "--model.preset", "none", "--checkpoint.init_from", str(tmp_path / "megatron"),
+            "--training.train_steps", "1", "--logging.eval_interval", "none", "--logging.log_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    got = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    cfg = load_config(RECIPE, args[2:])
+    cfg.validate(world_size=1)
+    train_set, _ = build_splits(cfg, cfg.model_config())
+    batch = [train_set[i] for i in range(cfg.data.global_batch_size)]
+    tokens, labels, weights, positions = (
+        torch.from_numpy(np.stack([s[k] for s in batch]))
+        for k in ("tokens", "labels", "loss_weights", "position_ids")
+    )
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=tokens, position_ids=positions).logits
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    want = float((ce * weights.flatten()).sum() / weights.sum())
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
