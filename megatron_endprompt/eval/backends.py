@@ -152,18 +152,36 @@ class MegatronBackend:
         input_ids = input_ids.to(self.device)
         return self.model(input_ids, _positions(input_ids)).float()
 
+    def _gpt(self) -> torch.nn.Module | None:
+        """The megatron GPTModel inside `load_model`'s wrapper (None for other modules: full-logit path)."""
+        inner = getattr(self.model, "model", None)
+        return inner if hasattr(inner, "output_layer") else None
+
     @torch.no_grad()
     def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
+        from megatron_endprompt.eval.megatron_hooks import chunked_nll, final_hidden
+
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
-        return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:]).cpu()
+        gpt = self._gpt()
+        if gpt is None:
+            return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:]).cpu()
+        hidden, kwargs = final_hidden(gpt, ids, _positions(ids))  # no [s, vocab] logits
+        return chunked_nll(gpt, hidden[:-1], kwargs, ids[0, 1:], self.vocab_size).cpu()
+
+    def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        from megatron_endprompt.eval.megatron_hooks import final_hidden, local_logits
+
+        gpt = self._gpt()
+        if gpt is None:
+            return self.logits(ids)[0, -1]
+        hidden, kwargs = final_hidden(gpt, ids, _positions(ids))
+        return local_logits(gpt, hidden[-1:], kwargs, self.vocab_size)[0, 0, : self.vocab_size]
 
     @torch.no_grad()
     def generate(
         self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
     ) -> list[int]:
-        return greedy_recompute(
-            lambda ids: self.logits(ids)[0, -1], input_ids, max_new_tokens, stop_ids, self.device
-        )
+        return greedy_recompute(self._last_logits, input_ids, max_new_tokens, stop_ids, self.device)
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -4,8 +4,9 @@ Every rank runs the same evaluation loop on the same prompt (tasks are determini
 - TP: each rank holds 1/TP of the heads, MLP and vocabulary; logits rows are gathered only where needed.
 - CP: the prompt is padded to a multiple of 2*CP and split into megatron's load-balanced chunks; attention
   all-gathers K/V (model/attention.py), so a 64K prompt costs each rank 1/CP of the activations.
-Perplexity uses the model's vocab-parallel cross entropy (labels passed in), so full logits never exist.
-Generation recomputes the prompt for every new token (no KV cache) and gathers just the last row's logits.
+Logits are computed from the captured final hidden states (megatron_hooks.py): chunked vocab-parallel cross
+entropy for perplexity, one row for generation; full [s, vocab] logits never exist. Generation recomputes the
+prompt for every new token (no KV cache).
 Pipeline parallelism is not supported here: checkpoints are layout-free, so load them with PP=1.
 """
 
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_endprompt.eval.backends import greedy_recompute
+from megatron_endprompt.eval.megatron_hooks import chunked_nll, final_hidden, local_logits
+from megatron_endprompt.parallel import slice_batch_for_cp
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,6 @@ class ParallelMegatronBackend:
 
     def _local_inputs(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This CP rank's chunks of the (padded) tokens and positions, and the padded length."""
-        from megatron_endprompt.parallel import slice_batch_for_cp
-
         s = len(ids)
         s_pad = -(-s // (2 * self.cp)) * 2 * self.cp
         tokens = torch.tensor([list(ids) + [ids[-1]] * (s_pad - s)], dtype=torch.long, device=self.device)
@@ -102,12 +103,24 @@ class ParallelMegatronBackend:
         return torch.cat(parts, dim=-1)[..., : self.vocab_size].float()
 
     @torch.no_grad()
+    def _local_hidden(self, seq: Sequence[int]) -> tuple[torch.Tensor, dict, int]:
+        tokens, positions, s_pad = self._local_inputs(seq)
+        hidden, kwargs = final_hidden(self.model, tokens, positions)  # [s_local, 1, h]; no full logits
+        return hidden, kwargs, s_pad
+
+    def _gather_rows(self, local: torch.Tensor, s_pad: int, n: int) -> torch.Tensor:
+        """Rows 0..n-1 in global order from every CP rank's [s_local, ...] tensor."""
+        parts = [torch.empty_like(local) for _ in range(self.cp)]
+        dist.all_gather(parts, local.contiguous(), group=self.cp_group)
+        return torch.stack([parts[r][j] for r, j in (self._owner(i, s_pad) for i in range(n))])
+
+    @torch.no_grad()
     def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
         seq = ids[0].tolist()
-        tokens, positions, s_pad = self._local_inputs(seq)
-        logits = self.model(tokens, positions)  # [1, s_local, V/TP]
+        hidden, kwargs, s_pad = self._local_hidden(seq)
         owner, row = self._owner(len(seq) - 1, s_pad)
-        mine = logits[0, row] if owner == self.cp_rank else torch.zeros_like(logits[0, 0])
+        candidate = local_logits(self.model, hidden[row : row + 1], kwargs, self.vocab_size)[0, 0]
+        mine = candidate if owner == self.cp_rank else torch.zeros_like(candidate)
         dist.all_reduce(mine, group=self.cp_group)  # only the owner contributes
         return self._gather_vocab(mine)
 
@@ -116,27 +129,19 @@ class ParallelMegatronBackend:
         """Full [b, s, vocab] logits on every rank (for checks on short inputs; memory grows as s x vocab)."""
         out = []
         for seq in input_ids.tolist():
-            tokens, positions, s_pad = self._local_inputs(seq)
-            local = self._gather_vocab(self.model(tokens, positions)[0])  # [s_local, V]
-            parts = [torch.empty_like(local) for _ in range(self.cp)]
-            dist.all_gather(parts, local.contiguous(), group=self.cp_group)
-            rows = [self._owner(i, s_pad) for i in range(len(seq))]
-            out.append(torch.stack([parts[r][j] for r, j in rows]))
+            hidden, kwargs, s_pad = self._local_hidden(seq)
+            local = self._gather_vocab(local_logits(self.model, hidden, kwargs, self.vocab_size)[:, 0])
+            out.append(self._gather_rows(local, s_pad, len(seq)))
         return torch.stack(out)
 
     @torch.no_grad()
     def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
         ids = list(input_ids)
-        tokens, positions, s_pad = self._local_inputs(ids)
-        labels_full = torch.tensor([ids[1:] + [ids[-1]] * (s_pad - len(ids) + 1)], device=self.device)
-        from megatron_endprompt.parallel import slice_batch_for_cp
-
-        labels = slice_batch_for_cp({"labels": labels_full})["labels"]
-        loss = self.model(tokens, positions, labels=labels)[0].float()  # [s_local], TP-reduced already
-        parts = [torch.empty_like(loss) for _ in range(self.cp)]
-        dist.all_gather(parts, loss.contiguous(), group=self.cp_group)
-        rows = [self._owner(i, s_pad) for i in range(len(ids) - 1)]
-        return torch.stack([parts[r][j] for r, j in rows]).cpu()
+        hidden, kwargs, s_pad = self._local_hidden(ids)
+        targets = torch.tensor([ids[1:] + [ids[-1]] * (s_pad - len(ids) + 1)], device=self.device)
+        local_targets = slice_batch_for_cp({"t": targets})["t"][0]
+        nll = chunked_nll(self.model, hidden, kwargs, local_targets, self.vocab_size)  # [s_local], TP-reduced
+        return self._gather_rows(nll, s_pad, len(ids) - 1).cpu()
 
     @torch.no_grad()
     def generate(

@@ -83,7 +83,9 @@ def _progress(total: int, enabled: bool):
 def _run_prompt(backend: ModelBackend, tokenizer: TokenizerLike, sample, budget: int) -> dict:
     start = time.perf_counter()
     generated = backend.generate(sample.prompt_ids, budget, stop_ids=[tokenizer.eod])
-    prediction = tokenizer.decode(generated)
+    # a model vocabulary larger than the tokenizer's can emit ids the tokenizer cannot decode
+    limit = getattr(tokenizer, "vocab_size", None)
+    prediction = tokenizer.decode([t for t in generated if limit is None or t < limit])
     return {
         "task": sample.task,
         "length": sample.metadata["length"],

@@ -32,7 +32,7 @@ EVAL = dict(
 def save_tiny_checkpoint(ckpt: Path) -> None:
     """Same seeded weights on both ranks (DP=2), saved collectively at TP=1."""
     initialize(1, 1, 1)
-    cfg = get_preset("tiny").replace(max_position_embeddings=2048)
+    cfg = get_preset("tiny").replace(max_position_embeddings=2048, vocab_size=500)  # padded to 512: masked
     model = build_model(cfg, use_te=False)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # larger than the init std: decisive argmaxes, non-trivial generations

@@ -26,8 +26,9 @@ def assets(tmp_path_factory):
     sp = train_sentencepiece(task_texts(["passkey", "niah_single_1"], per_task=3), root / "sp", 512)
     tok = load_tokenizer("SentencePieceTokenizer", sp)
     torch.manual_seed(0)
+    # vocab_size + 37: megatron pads the vocabulary to 640 rows; evaluation must mask the padding
     cfg = LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        vocab_size=tok.vocab_size + 37, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
         rope_theta=10000.0, bos_token_id=tok.bos, eos_token_id=tok.eod, tie_word_embeddings=False,
     )  # fmt: skip
