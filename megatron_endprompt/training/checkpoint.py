@@ -175,10 +175,15 @@ def _cpu_safe_dist_checkpointing() -> Iterator[None]:
 
 
 def _model_sharded_state_dict(engine) -> dict:
+    """The model's sharded state dict; virtual-pipeline chunks are nested under `chunk<i>`.
+
+    Nesting changes only the Python dict: the stored tensor keys are the chunks' own (global) keys, so the
+    checkpoint is identical to a single-chunk one and loads at any layout.
+    """
     chunks = engine.unwrapped_model()
-    if len(chunks) != 1:
-        raise NotImplementedError("checkpointing supports one model chunk per rank (no virtual pipeline)")
-    return chunks[0].sharded_state_dict()
+    if len(chunks) == 1:
+        return chunks[0].sharded_state_dict()
+    return {f"chunk{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
 def _load_model(engine, path: Path) -> None:
@@ -186,7 +191,9 @@ def _load_model(engine, path: Path) -> None:
 
     with _cpu_safe_dist_checkpointing():
         state = dist_checkpointing.load(_model_sharded_state_dict(engine), str(path))
-    engine.unwrapped_model()[0].load_state_dict(state, strict=True)
+    chunks = engine.unwrapped_model()
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state if len(chunks) == 1 else state[f"chunk{i}"], strict=True)
 
 
 def _optimizer_metadata(engine) -> dict:

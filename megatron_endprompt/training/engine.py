@@ -26,6 +26,7 @@ from functools import partial
 import torch
 
 from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.training import engine_build
 from megatron_endprompt.training.config import TrainConfig
 from megatron_endprompt.training.loss import LossStats, loss_sums, weighted_loss
 from megatron_endprompt.training.schedule import lr_at
@@ -33,9 +34,6 @@ from megatron_endprompt.training.schedule import lr_at
 logger = logging.getLogger(__name__)
 
 BATCH_KEYS: tuple[str, ...] = ("tokens", "labels", "loss_weights", "position_ids")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_NO_CLIP = 1e30
-"""clip_grad stand-in when clipping is off: megatron only computes the grad norm when it clips."""
 
 
 @dataclass(frozen=True)
@@ -71,84 +69,22 @@ class Engine:
         from megatron.core import parallel_state
 
         if not parallel_state.model_parallel_is_initialized():
-            raise RuntimeError("Engine: call megatron_endprompt.parallel.initialize(tp, pp, cp) first")
+            raise RuntimeError(
+                "Engine: call megatron_endprompt.parallel.initialize(tp, pp, cp, vp=...) first"
+            )
         self.cfg = cfg
         self.model_config = model_config or cfg.model_config()
-        self.dtype = DTYPES[cfg.precision.dtype]
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        _check_layout(cfg)
-        self.model = self._build_model()
-        self.optimizer = self._build_optimizer()
-        self._wire_schedule_hooks()
+        engine_build.check_layout(cfg)
+        self.model = engine_build.build_chunks(cfg, self.model_config, self.device)
+        """This rank's model chunks in megatron DDP (several with a virtual pipeline)."""
+        self.optimizer = engine_build.build_optimizer(cfg, self.model)
+        engine_build.wire_schedule_hooks(cfg, self.model, self.optimizer)
         self.iteration = 0
         """Optimizer steps taken (skipped fp16 steps included, as in Megatron-LM)."""
         self.lr_step = 0
         """Steps that updated the weights: the LR schedule's clock."""
         self.consumed_samples = 0
-
-    # ------------------------------------------------------------------ construction
-
-    def _build_model(self) -> list[torch.nn.Module]:
-        from megatron.core import parallel_state
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-        from megatron_endprompt.model.gpt import build_model
-
-        model = build_model(
-            self.model_config,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
-            params_dtype=self.dtype,
-            sequence_parallel=self.cfg.parallel.sequence_parallel,
-            use_te=self.cfg.model.use_te,
-            **_config_overrides(self.cfg),
-        )
-        if self.device is not None:
-            model = model.to(self.device)
-        tconfig = model.config
-        opt = self.cfg.optimizer
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=self.cfg.precision.grad_reduce_in_fp32,
-            overlap_grad_reduce=opt.overlap_grad_reduce,
-            overlap_param_gather=opt.overlap_param_gather,
-            use_distributed_optimizer=opt.use_distributed_optimizer,
-        )
-        ddp = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=model)
-        ddp.broadcast_params()  # identical replicas whatever each rank's initialisation did
-        return [ddp]
-
-    def _build_optimizer(self):
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-        opt, prec = self.cfg.optimizer, self.cfg.precision
-        config = OptimizerConfig(
-            optimizer="adam",
-            lr=opt.lr,
-            min_lr=opt.min_lr,
-            weight_decay=opt.weight_decay,
-            adam_beta1=opt.adam_beta1,
-            adam_beta2=opt.adam_beta2,
-            adam_eps=opt.adam_eps,
-            decoupled_weight_decay=True,  # AdamW
-            clip_grad=opt.clip_grad if opt.clip_grad > 0 else _NO_CLIP,
-            bf16=prec.dtype == "bf16",
-            fp16=prec.dtype == "fp16",
-            params_dtype=self.dtype,
-            loss_scale=prec.loss_scale if prec.dtype == "fp16" else None,
-            initial_loss_scale=prec.initial_loss_scale,
-            use_distributed_optimizer=opt.use_distributed_optimizer,
-            overlap_param_gather=opt.overlap_param_gather,
-        )
-        return get_megatron_optimizer(config, self.model)
-
-    def _wire_schedule_hooks(self) -> None:
-        """The hooks megatron's forward/backward schedules look up on the model config."""
-        tconfig = self.model[0].config
-        tconfig.no_sync_func = self.model[0].no_sync
-        tconfig.grad_scale_func = self.optimizer.scale_loss
-        tconfig.finalize_model_grads_func = _finalize_grads_without_token_division
-        if self.cfg.optimizer.overlap_param_gather:
-            tconfig.param_sync_func = self.model[0].start_param_sync
 
     # ------------------------------------------------------------------ stepping
 
@@ -215,12 +151,12 @@ class Engine:
         """Run megatron's schedule; return the global `loss_sums` vector (same on every rank)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        shape = _check_micro_batches(micro_batches, self.cfg)
+        shape = check_micro_batches(micro_batches, self.cfg)
         weight_total = self._global_weight(micro_batches)
         prepared = [self._prepare(mb) for mb in micro_batches]
         outputs = get_forward_backward_func()(
             forward_step_func=partial(self._forward_step, weight_total=weight_total),
-            data_iterator=iter(prepared),
+            data_iterator=[iter(prepared) for _ in self.model] if len(self.model) > 1 else iter(prepared),
             model=self.model,
             num_microbatches=len(prepared),
             seq_length=shape[1],
@@ -296,49 +232,7 @@ def _loss_func(batch: dict[str, torch.Tensor], weight_total: float, per_token_ce
     return loss, torch.ones((), dtype=torch.int, device=loss.device), {"sums": sums}
 
 
-def _finalize_grads_without_token_division(model, num_tokens, **kwargs) -> None:
-    """megatron's finalize_model_grads minus the division by the token count (our loss is already global)."""
-    from megatron.core.distributed import finalize_model_grads
-
-    finalize_model_grads(model, None, **kwargs)
-
-
-def _config_overrides(cfg: TrainConfig) -> dict:
-    """TransformerConfig settings the engine owns (passed through build_model)."""
-    overrides: dict = {"calculate_per_token_loss": True}  # see the module docstring
-    recompute = cfg.recompute
-    if recompute.granularity == "full":
-        overrides.update(
-            recompute="full", recompute_method=recompute.method, recompute_num_layers=recompute.num_layers
-        )
-    elif recompute.granularity == "selective":
-        overrides["recompute"] = "selective"
-    return overrides
-
-
-def _check_layout(cfg: TrainConfig) -> None:
-    """The initialised parallel_state must be the layout the config asks for."""
-    from megatron.core import parallel_state as ps
-
-    p = cfg.parallel
-    got = (
-        ps.get_tensor_model_parallel_world_size(),
-        ps.get_pipeline_model_parallel_world_size(),
-        ps.get_context_parallel_world_size(),
-    )
-    want = (p.tensor_parallel, p.pipeline_parallel, p.context_parallel)
-    if got != want:
-        raise ValueError(
-            f"--parallel: initialised layout (tp, pp, cp) = {got} differs from the config's {want}; "
-            "call parallel.initialize with the config's sizes"
-        )
-    if p.virtual_pipeline_parallel:
-        raise NotImplementedError(
-            "--parallel.virtual_pipeline_parallel: interleaved 1F1B is not supported yet"
-        )
-
-
-def _check_micro_batches(micro_batches: list[dict[str, torch.Tensor]], cfg: TrainConfig) -> tuple[int, int]:
+def check_micro_batches(micro_batches: list[dict[str, torch.Tensor]], cfg: TrainConfig) -> tuple[int, int]:
     """All micro-batches have every key and one [micro_batch_size, P] shape; returns that shape."""
     if not micro_batches:
         raise ValueError("train_step: got no micro-batches")

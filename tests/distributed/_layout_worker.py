@@ -33,36 +33,43 @@ from _batches import make_batches, weighted_loss_from_logits  # noqa: E402
 STEPS = 3
 HF_WAIT_S = 150
 
-# name -> (tp, pp, cp, sequence_parallel, distributed_optimizer)
+# name -> (tp, pp, cp, vp, sequence_parallel, distributed_optimizer)
 LAYOUTS = {
-    "dp2": (1, 1, 1, False, False),
-    "dp2_distopt": (1, 1, 1, False, True),
-    "tp2": (2, 1, 1, False, False),
-    "tp2_sp": (2, 1, 1, True, False),
-    "pp2": (1, 2, 1, False, False),
-    "cp2": (1, 1, 2, False, False),
+    "dp2": (1, 1, 1, None, False, False),
+    "dp2_distopt": (1, 1, 1, None, False, True),
+    "tp2": (2, 1, 1, None, False, False),
+    "tp2_sp": (2, 1, 1, None, True, False),
+    "pp2": (1, 2, 1, None, False, False),
+    "pp2_vp2": (1, 2, 1, 2, False, False),
+    "cp2": (1, 1, 2, None, False, False),
 }
+NUM_LAYERS = 4
+"""The tiny preset with 4 layers, so that PP=2 x VP=2 has a layer per chunk."""
 
 
-SAVE_AFTER_FIRST_STEP = {"tp2": "tp2", "pp2": "pp2", "dp2_distopt": "distopt"}
+SAVE_AFTER_FIRST_STEP = {"tp2": "tp2", "pp2": "pp2", "pp2_vp2": "vp2", "dp2_distopt": "distopt"}
 """Layouts that also write a full checkpoint after their first step (into this subdirectory)."""
 RESUMES = {
     "tp2_to_tp1": ("dp2", "tp2"),
     "pp2_to_pp1": ("dp2", "pp2"),
+    "vp2_to_pp1": ("dp2", "vp2"),
     "dp2_distopt": ("dp2_distopt", "distopt"),
 }
 """Resume check name -> (layout to load at, checkpoint subdirectory)."""
 
 
 def make_config(
-    tp: int, pp: int, cp: int, sp: bool, distopt: bool, model_json: Path | None = None
+    tp: int, pp: int, cp: int, vp: int | None, sp: bool, distopt: bool, model_json: Path | None = None
 ) -> TrainConfig:
     cfg = TrainConfig()
-    cfg.model.preset, cfg.model.config_file = (None, str(model_json)) if model_json else ("tiny", None)
+    if model_json is None:
+        cfg.model.preset, cfg.model.overrides = "tiny", {"num_layers": NUM_LAYERS}
+    else:
+        cfg.model.config_file = str(model_json)
     cfg.model.use_te = False
     cfg.precision.dtype = "fp32"
     cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.parallel.context_parallel = tp, pp, cp
-    cfg.parallel.sequence_parallel = sp
+    cfg.parallel.virtual_pipeline_parallel, cfg.parallel.sequence_parallel = vp, sp
     cfg.optimizer.lr, cfg.optimizer.warmup_steps, cfg.optimizer.weight_decay = 3e-3, 2, 0.1
     cfg.optimizer.use_distributed_optimizer = distopt
     cfg.training.train_steps = STEPS
@@ -71,7 +78,7 @@ def make_config(
 
 def engine_at(name: str, init: Path | None, model_json: Path | None = None) -> Engine:
     layout = LAYOUTS[name]
-    initialize(*layout[:3], seed=1234)
+    initialize(*layout[:3], seed=1234, vp=layout[3])
     engine = Engine(make_config(*layout, model_json=model_json))
     if init is not None:
         load_checkpoint(engine, init, weights_only=True)

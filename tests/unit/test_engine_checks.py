@@ -11,7 +11,8 @@ from megatron_endprompt.model.config import RopeScaling, get_preset
 from megatron_endprompt.training.checkpoint import _check_model_config, resolve_checkpoint_dir
 from megatron_endprompt.training.checkpoint_io import begin_save, commit_save
 from megatron_endprompt.training.config import TrainConfig
-from megatron_endprompt.training.engine import _check_micro_batches, _config_overrides
+from megatron_endprompt.training.engine import check_micro_batches
+from megatron_endprompt.training.engine_build import config_overrides
 
 
 def _mb(b: int = 1, p: int = 16) -> dict[str, torch.Tensor]:
@@ -21,32 +22,32 @@ def _mb(b: int = 1, p: int = 16) -> dict[str, torch.Tensor]:
 
 def test_micro_batches_must_share_one_shape_and_have_every_key():
     cfg = TrainConfig()
-    assert _check_micro_batches([_mb(2, 16), _mb(2, 16)], cfg) == (2, 16)
+    assert check_micro_batches([_mb(2, 16), _mb(2, 16)], cfg) == (2, 16)
     with pytest.raises(ValueError, match="no micro-batches"):
-        _check_micro_batches([], cfg)
+        check_micro_batches([], cfg)
     with pytest.raises(ValueError, match="lacks"):
-        _check_micro_batches([{k: v for k, v in _mb().items() if k != "position_ids"}], cfg)
+        check_micro_batches([{k: v for k, v in _mb().items() if k != "position_ids"}], cfg)
     bad = _mb()
     bad["position_ids"] = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="position_ids"):
-        _check_micro_batches([bad], cfg)
+        check_micro_batches([bad], cfg)
 
 
 def test_context_parallel_needs_seq_divisible_by_2cp():
     cfg = TrainConfig()
     cfg.parallel.context_parallel = 4
     with pytest.raises(ValueError, match="--data.seq_length"):
-        _check_micro_batches([_mb(1, 12)], cfg)
-    assert _check_micro_batches([_mb(1, 16)], cfg) == (1, 16)
+        check_micro_batches([_mb(1, 12)], cfg)
+    assert check_micro_batches([_mb(1, 16)], cfg) == (1, 16)
 
 
 def test_recompute_and_loss_settings_reach_the_model_builder():
     cfg = TrainConfig()
-    assert _config_overrides(cfg) == {"calculate_per_token_loss": True}
+    assert config_overrides(cfg) == {"calculate_per_token_loss": True}
     cfg.recompute.granularity, cfg.recompute.method, cfg.recompute.num_layers = "full", "block", 2
-    assert _config_overrides(cfg)["recompute_method"] == "block"
+    assert config_overrides(cfg)["recompute_method"] == "block"
     cfg.recompute.granularity = "selective"
-    assert _config_overrides(cfg)["recompute"] == "selective"
+    assert config_overrides(cfg)["recompute"] == "selective"
 
 
 def test_architecture_must_match_but_rope_may_change(tmp_path):
