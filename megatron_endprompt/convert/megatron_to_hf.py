@@ -61,6 +61,11 @@ def _materialise(sharded_sd: dict, name: str, metadata: dict) -> None:
         stored = metadata.get(part.key)
         if stored is None:
             raise ConversionError(f"checkpoint has no tensor {part.key!r} that the model needs")
+        if not part.allow_shape_mismatch and tuple(stored.global_shape) != tuple(part.global_shape):
+            raise ConversionError(
+                f"checkpoint tensor {part.key} has shape {list(stored.global_shape)}, but "
+                f"{megatron_io.MODEL_JSON} implies {list(part.global_shape)}"
+            )
         part.data = torch.empty(tuple(part.local_shape), dtype=stored.dtype)
         part.dtype = stored.dtype
     sharded_sd[name] = parts if isinstance(item, ShardedTensorFactory) else item

@@ -129,3 +129,35 @@ def test_cli_reports_errors_without_a_traceback(hf_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --tp 4 must divide") and "Traceback" not in proc.stderr
     assert not (tmp_path / "deep").exists()
+
+
+def test_unexpected_tensor_and_mixed_dtypes(hf_dir, tmp_path):
+    extra = _variant(
+        hf_dir,
+        tmp_path / "extra",
+        tensors=lambda w: {**w, "model.layers.0.self_attn.q_norm.weight": w["model.norm.weight"].clone()},
+    )
+    out = tmp_path / "out"
+    _assert_refused(
+        lambda: hf_to_megatron(extra, out),
+        "unexpected tensor(s) ['model.layers.0.self_attn.q_norm.weight']",
+        out,
+    )
+    mixed = _variant(
+        hf_dir,
+        tmp_path / "mixed",
+        tensors=lambda w: {**w, "model.norm.weight": w["model.norm.weight"].half()},
+    )
+    _assert_refused(lambda: hf_to_megatron(mixed, out), "one floating-point dtype", out)
+
+
+def test_export_refuses_a_config_that_does_not_match_the_checkpoint(hf_dir, tmp_path):
+    hf_to_megatron(hf_dir, tmp_path / "m")
+    path = tmp_path / "m" / "endprompt_model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ffn_hidden_size": 160}))
+    out = tmp_path / "out"
+    _assert_refused(
+        lambda: megatron_to_hf(tmp_path / "m", out),
+        "linear_fc1.weight has shape [2, 352, 64], but endprompt_model.json implies [2, 320, 64]",
+        out,
+    )
