@@ -57,12 +57,15 @@ def data_prefix(tmp_path_factory) -> str:
     return prefix
 
 
-def train(save: Path, *args: str, prefix: str) -> tuple[int, str]:
-    """Run the CLI; returns (exit code, combined output). Output goes to a file and the run gets its own process
-    group: after a SIGKILL, megatron's checkpoint-writer helper processes would otherwise outlive it (holding
-    pipes open); the group is killed once the trainer has exited."""
+def train(save: Path, *args: str, prefix: str, nproc: int = 1) -> tuple[int, str]:
+    """Run the CLI (under torchrun when nproc > 1); returns (exit code, combined output). Output goes to a file
+    and the run gets its own process group: after a SIGKILL, megatron's checkpoint-writer helper processes would
+    otherwise outlive it (holding pipes open); the group is killed once the trainer has exited."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     cmd = [
-        sys.executable, "-m", "megatron_endprompt.train", "--config", str(RECIPE),
+        *launcher, "-m", "megatron_endprompt.train", "--config", str(RECIPE),
         "--data.mock", "false", "--data.paths", prefix, "--data.split", "100,0,0",
         "--training.train_steps", "16", "--optimizer.warmup_steps", "2",
         "--logging.log_interval", "1", "--logging.eval_interval", "none",
@@ -99,11 +102,18 @@ def metrics(save: Path) -> dict[int, dict]:
     return out
 
 
-def test_learns_and_resumes_bitwise_after_kill_9(tmp_path, data_prefix) -> None:
-    ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_prefix) -> tuple[Path, dict[int, dict]]:
+    """An uninterrupted 16-step run (checkpoints every 4 steps) and its metrics by step."""
+    ref_dir = tmp_path_factory.mktemp("reference") / "run"
     rc, out = train(ref_dir, prefix=data_prefix)
     assert rc == 0, out[-3000:]
-    want = metrics(ref_dir)
+    return ref_dir, metrics(ref_dir)
+
+
+def test_learns_and_resumes_bitwise_after_kill_9(tmp_path, data_prefix, reference) -> None:
+    ref_dir, want = reference
+    run_dir = tmp_path / "interrupted"
     assert sorted(want) == list(range(1, 17))
     losses = [want[s]["loss"] for s in range(1, 17)]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses  # learns the repetitive corpus
@@ -129,6 +139,24 @@ def test_learns_and_resumes_bitwise_after_kill_9(tmp_path, data_prefix) -> None:
         assert got[step]["sample_crc32"] == want[step]["sample_crc32"], step
     consumed = [i for s in range(1, 14) for i in got[s]["sample_indices"]]
     assert consumed == list(range(13 * 8))  # every stream position exactly once, in order
+
+
+def test_two_data_parallel_ranks_match_one_rank(tmp_path, data_prefix, reference) -> None:
+    """torchrun with 2 ranks (DP=2: one micro-batch each instead of two on one rank): same global batches, the
+    same losses up to float reduction order, and only rank 0 writes metrics."""
+    _, want = reference
+    rc, out = train(
+        tmp_path / "dp2", "--checkpoint.save", "none", "--checkpoint.save_interval", "none",
+        "--logging.log_dir", str(tmp_path / "dp2"), prefix=data_prefix, nproc=2,
+    )  # fmt: skip
+    assert rc == 0, out[-3000:]
+    assert "dp=2" in out
+    got = metrics(tmp_path / "dp2")  # fails if both ranks wrote records
+    assert sorted(got) == list(range(1, 17))
+    for step in range(1, 17):
+        assert got[step]["sample_indices"] == want[step]["sample_indices"]
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-4), step
+        assert got[step]["lr"] == want[step]["lr"]
 
 
 def test_nan_loss_stops_with_the_step(tmp_path, caplog) -> None:
