@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from megatron_endprompt.eval.runner import DEFAULT_DEPTHS
+from megatron_endprompt.eval.tasks import DEFAULT_DEPTHS  # not runner: --help must not import torch
 
 logger = logging.getLogger(__name__)
 

@@ -24,12 +24,11 @@ import numpy as np
 from megatron_endprompt.eval.backends import ModelBackend
 from megatron_endprompt.eval.perplexity import load_token_stream, perplexity_by_length
 from megatron_endprompt.eval.scoring import metric_name, score_sample
-from megatron_endprompt.eval.tasks import PERPLEXITY, get_task, make_sample
+from megatron_endprompt.eval.tasks import DEFAULT_DEPTHS, PERPLEXITY, get_task, make_sample
 from megatron_endprompt.eval.tasks.base import TokenizerLike
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 RESULTS_FORMAT = "megatron-endprompt-eval"
 RESULTS_VERSION = 1
 

@@ -21,6 +21,9 @@ __all__ = [
     "make_sample",
 ]
 
+DEFAULT_DEPTHS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Needle depths swept by default (fractions of the haystack)."""
+
 PERPLEXITY = "perplexity"
 """Not a generation task: `--tasks perplexity` measures perplexity by length on held-out text."""
 
