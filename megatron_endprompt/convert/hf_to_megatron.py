@@ -156,6 +156,7 @@ def hf_to_megatron(
     tensors); tp sets the vocabulary padding (multiple of 128 * tp) and both are validated here.
     """
     start = time.time()
+    megatron_io.require_single_process("hf-to-megatron")
     hf_dir = Path(hf_dir)
     cfg, source = read_hf_config(hf_dir)
     check_layout(cfg, tp, pp)

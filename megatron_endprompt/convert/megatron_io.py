@@ -80,6 +80,23 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     return candidate
 
 
+def require_single_process(flag: str) -> None:
+    """The converters write from one process; refuse a multi-rank launch before anything is written."""
+    import os
+
+    import torch.distributed as dist
+
+    world = (
+        dist.get_world_size()
+        if dist.is_available() and dist.is_initialized()
+        else int(os.environ.get("WORLD_SIZE", "1"))
+    )
+    if world > 1:
+        raise ConversionError(
+            f"{flag}: run the converter as one process (not under torchrun); world size is {world}"
+        )
+
+
 def ensure_single_process_layout() -> None:
     """torch.distributed + parallel_state with TP=PP=CP=1 (initialised here if nobody did)."""
     from megatron.core import parallel_state as ps

@@ -140,6 +140,7 @@ def megatron_to_hf(
     HF dir or the converted dir a training run started from when exporting a training checkpoint.
     """
     start = time.time()
+    megatron_io.require_single_process("megatron-to-hf")
     ckpt = megatron_io.resolve_checkpoint_dir(megatron_dir)
     cfg = megatron_io.read_model_json(ckpt)
     source, assets = export_source(ckpt, hf_reference)

@@ -161,3 +161,13 @@ def test_export_refuses_a_config_that_does_not_match_the_checkpoint(hf_dir, tmp_
         "linear_fc1.weight has shape [2, 352, 64], but endprompt_model.json implies [2, 320, 64]",
         out,
     )
+
+
+def test_converters_refuse_multi_rank_launches(hf_dir, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    out = tmp_path / "out"
+    _assert_refused(lambda: hf_to_megatron(hf_dir, out), "run the converter as one process", out)
+    _assert_refused(lambda: megatron_to_hf(tmp_path, out), "world size is 2", out)
