@@ -54,7 +54,7 @@ class ParallelSection:
     context_parallel: int = 1
     """Context-parallel size (CP); the sequence is split into 2*CP chunks (load-balanced causal attention)."""
     virtual_pipeline_parallel: int | None = None
-    """Virtual pipeline stages per rank (interleaved 1F1B); needs PP > 1."""
+    """Model chunks per pipeline rank for the interleaved 1F1B schedule (>= 2; needs PP > 1); None: plain 1F1B."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism for norms/dropout (needs TP > 1)."""
     data_parallel: int | None = None

@@ -218,7 +218,13 @@ def train(cfg: TrainConfig) -> TrainSummary:
 
     _set_determinism(cfg)
     p = cfg.parallel
-    initialize(p.tensor_parallel, p.pipeline_parallel, p.context_parallel, seed=cfg.training.seed)
+    initialize(
+        p.tensor_parallel,
+        p.pipeline_parallel,
+        p.context_parallel,
+        seed=cfg.training.seed,
+        vp=p.virtual_pipeline_parallel,
+    )
     model_config = cfg.model_config()
     train_set, valid_set = build_splits(cfg, model_config)
     if cfg.logging.eval_interval and valid_set is None:

@@ -81,10 +81,11 @@ def _check_layout(cfg, model) -> list[str]:
     if p.sequence_parallel and p.tensor_parallel == 1:
         errs.append("--parallel.sequence_parallel needs --parallel.tensor_parallel > 1")
     if p.virtual_pipeline_parallel is not None and (
-        p.virtual_pipeline_parallel < 1 or p.pipeline_parallel == 1
+        p.virtual_pipeline_parallel < 2 or p.pipeline_parallel == 1
     ):
         errs.append(
-            "--parallel.virtual_pipeline_parallel needs --parallel.pipeline_parallel > 1 and a value >= 1"
+            "--parallel.virtual_pipeline_parallel needs --parallel.pipeline_parallel > 1 and a value >= 2 "
+            "(none = no interleaving)"
         )
     if p.context_parallel > 1 and cfg.data.seq_length % (2 * p.context_parallel):
         errs.append(

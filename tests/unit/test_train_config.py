@@ -152,6 +152,7 @@ INVALID = [
         "--parallel.sequence_parallel needs --parallel.tensor_parallel > 1",
     ),
     (["--parallel.virtual_pipeline_parallel", "2"], 1, "--parallel.virtual_pipeline_parallel"),
+    (["--parallel.pipeline_parallel", "2", "--parallel.virtual_pipeline_parallel", "1"], 2, "a value >= 2"),
     (["--parallel.data_parallel", "4"], 2, "--parallel.data_parallel=4"),
     (["--training.train_samples", "10"], 1, "exactly one of --training.train_steps"),
     (["--optimizer.min_lr", "1", "--optimizer.lr", "0.1"], 1, "--optimizer.min_lr"),
