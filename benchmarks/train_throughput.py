@@ -24,6 +24,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -42,7 +43,7 @@ from megatron_endprompt.training import flops  # noqa: E402
 
 logger = logging.getLogger("train_throughput")
 
-IMPLS = ("ours", "upstream", "reference")
+IMPLS = ("ours", "engine", "upstream", "reference")
 BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 
 
@@ -52,7 +53,9 @@ class Case:
 
     name: str
     impl: str
-    """`ours` (EndPromptGPTModel), `upstream` (megatron GPTModel, its own contiguous RoPE), `reference`."""
+    """`ours` (EndPromptGPTModel + torch fused AdamW), `engine` (our training Engine: megatron DDP, megatron
+    optimizer with fp32 master weights, weighted loss), `upstream` (megatron GPTModel, its own contiguous
+    RoPE), `reference` (benchmarks/reference_llama.py)."""
     seq_length: int
     """Physical tokens per sample."""
     batch: int
@@ -85,6 +88,7 @@ def default_cases(p: int, t: int, cue: int = 8) -> list[Case]:
     ep = {"scheme": "endprompt", "target_length": t}
     cases = [
         Case("ep8k_b1", "ours", p, 1, **ep),
+        Case("engine_ep8k_b1", "engine", p, 1, **ep),
         Case("ep8k_b8", "ours", p, 8, **ep),
         Case("full64k_b1", "ours", t, 1),
         Case("contig8k_b1", "ours", p, 1),
@@ -188,6 +192,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def build_engine(case: Case, cfg: ModelConfig, dtype: str):
+    """Our training Engine for one case (the path `python -m megatron_endprompt.train` takes)."""
+    from megatron_endprompt.training.config import from_dict
+    from megatron_endprompt.training.engine import Engine
+
+    train = from_dict(
+        {
+            "model": {"preset": "tiny", **cfg.to_dict()},  # every ModelConfig field overrides the preset
+            "precision": {"dtype": dtype},
+            "optimizer": {"lr": 1e-5, "warmup_steps": 0},
+            "data": {
+                "seq_length": case.seq_length,
+                "micro_batch_size": case.batch,
+                "global_batch_size": case.batch,
+                "mock": True,
+            },
+            "training": {"train_steps": 1000},
+        }
+    )
+    train.validate(1, check_environment=False)
+    return Engine(train, cfg)
+
+
+def _time_engine(case: Case, cfg: ModelConfig, args, device) -> tuple[list[float], float]:
+    engine = build_engine(case, cfg, args.dtype)
+    batch = batch_for(case, cfg.vocab_size, device)
+    batch["loss_weights"] = torch.ones_like(batch["tokens"], dtype=torch.float32)
+    times, loss = [], math.nan
+    for step in range(args.warmup + args.steps):
+        _sync(device)
+        start = time.perf_counter()
+        with sdpa_backend(case.backend):
+            loss = engine.train_step([batch]).loss
+        _sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return times, float(loss)
+
+
 def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: torch.device) -> Result:
     """Build, warm up, time `args.steps` optimizer steps; out-of-memory is a result, not a crash."""
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -196,6 +239,9 @@ def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: tor
         torch.cuda.reset_peak_memory_stats(device)
     model = opt = batch = None
     try:
+        if case.impl == "engine":
+            times, loss = _time_engine(case, cfg, args, device)
+            return _summarise(case, cfg, args, device, times, loss)
         model, loss_fn = build(case.impl, cfg, dtype, device, args.use_te)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         batch = batch_for(case, cfg.vocab_size, device)

@@ -246,6 +246,16 @@ def recipe(run: RunSpec, model: dict) -> dict:
     }
 
 
+def child_env() -> dict[str, str]:
+    """Environment of a training subprocess: this checkout importable, and no rendezvous settings inherited
+    (evaluating in this process initialises torch.distributed, which sets MASTER_PORT and friends)."""
+    drop = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_training(out: Path, name: str, spec: dict) -> Path:
     """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns its last checkpoint."""
     from megatron_endprompt.training.checkpoint_io import find_latest
@@ -256,12 +266,7 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
     save = Path(spec["checkpoint"]["save"])
     if save.exists():
         shutil.rmtree(save)  # a fresh run: the CLI would otherwise resume from it
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    env = child_env()
     cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", str(path)]
     logger.info("$ %s", " ".join(cmd))
     proc = subprocess.run(cmd, env=env)

@@ -25,7 +25,7 @@ def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     results = {r["case"]["name"]: r for r in data["results"]}
-    assert {"ep8k_b1", "full64k_b1", "upstream8k_b1", "ref_ep8k_b1"} <= set(results)
+    assert {"ep8k_b1", "engine_ep8k_b1", "full64k_b1", "upstream8k_b1", "ref_ep8k_b1"} <= set(results)
     for name, r in results.items():
         assert r["status"] == "ok", (name, r["status"])
         assert r["tokens_per_s"] > 0 and 0 < r["loss"] < 20, (name, r)

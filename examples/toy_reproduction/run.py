@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""Toy reproduction of the EndPrompt comparison: every context-extension variant from one short-context base.
+
+1. A general corpus mixing ordinary text with retrieval tasks (`megatron_endprompt.demo_corpus`), a
+   SentencePiece tokenizer trained on it.
+2. A base model pretrained at context P0 (optionally with a length curriculum, e.g. 64 -> 128 -> P0), which
+   must be strong inside its window (the script reports its passkey accuracy at P0).
+3. Extension variants, each starting from the base weights with PI factor T/P0 and fine-tuned on the SAME
+   general corpus (no long-context data) with an equal token budget: `pi_only` (no fine-tuning),
+   `contiguous_short` (P0 samples, plain positions), `endprompt` (paper cues, cue loss weight),
+   `endprompt_tail_fixed` / `endprompt_tail_random` (the released code's terminal tail), `pose`,
+   `endprompt_pose`, and `full_length` (contiguous samples of T tokens; fewer samples per step, so that steps
+   and tokens match the others).
+4. Passkey and NIAH (RULER niah_single_1) up to T for every variant and extension seed; a results table and a
+   plot with the exact command, the hardware, wall time and training FLOPs per variant.
+
+Every stage calls the package (data builder, `python -m megatron_endprompt.train`, `eval.evaluate`).
+Settings come from a YAML file (default: `config.yaml` next to this script) and `--set key=value` overrides.
+
+    python examples/toy_reproduction/run.py --out runs/toy [--config FILE] [--set base_steps=300 ...]
+    python examples/toy_reproduction/run.py --out runs/toy --report-only   # rebuild the report from results
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+from megatron_endprompt import demo  # noqa: E402
+from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus  # noqa: E402
+
+logger = logging.getLogger("toy_reproduction")
+
+PAPER_CUES = ("This is the end of text, please pay attention here", "@token:<|eot|>", "End.")
+"""EP_1, EP_2 (the tokenizer's end-of-turn token; our SentencePiece models carry <|eot|>), EP_3."""
+
+VARIANTS = (
+    "pi_only",
+    "contiguous_short",
+    "endprompt",
+    "endprompt_tail_fixed",
+    "endprompt_tail_random",
+    "pose",
+    "endprompt_pose",
+    "full_length",
+)
+
+
+@dataclass
+class ToyConfig:
+    """Every setting of the reproduction (YAML keys, `--set key=value`)."""
+
+    documents: int = 20000
+    """Corpus documents."""
+    max_words: int = 150
+    """Largest retrieval haystack in words (tasks fit in P0)."""
+    vocab_size: int = 512
+    """SentencePiece vocabulary."""
+    hidden_size: int = 128
+    """Model width (head dim 32)."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    base_length: int = 256
+    """P0: base context and physical length of every short-sample variant."""
+    factor: int = 8
+    """T = factor * P0; PI factor."""
+    base_curriculum: list[int] = field(default_factory=lambda: [64, 128, 256])
+    """Sequence lengths of successive base pretraining stages (the last must be P0)."""
+    base_steps: list[int] = field(default_factory=lambda: [300, 300, 600])
+    """Optimizer steps of each curriculum stage."""
+    base_lr: float = 3e-3
+    """Peak LR of base pretraining."""
+    base_tokens_per_step: int = 4096
+    """Tokens per base step (global batch = this / stage length)."""
+    extend_steps: int = 200
+    """Optimizer steps of every extension variant (equal for all, so equal tokens)."""
+    extend_tokens_per_step: int = 4096
+    """Tokens per extension step (global batch = this / physical length: 16 at P0 = 256, 2 at T = 2048)."""
+    extend_lr: float = 1e-3
+    """Peak LR of the extension."""
+    cue_loss_weight: float = 0.1
+    """EndPrompt cue loss weight (paper eq. 11)."""
+    terminal_length: int = 20
+    """K of endprompt-tail (released recipe: 20)."""
+    pose_chunks: int = 2
+    """PoSE chunks."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Extension seeds (data order of the fine-tuning and eval prompts); the base model is trained once."""
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    """Variants to run."""
+    eval_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2032])
+    """Prompt lengths (the largest + 12 generated tokens must fit in T)."""
+    eval_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """Needle depths."""
+    eval_samples: int = 4
+    """Prompts per (task, length, depth) and seed."""
+    eval_tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_single_1"])
+    """Evaluation tasks."""
+
+    @property
+    def target_length(self) -> int:
+        return self.base_length * self.factor
+
+    def validate(self) -> None:
+        """Errors name the key to fix."""
+        if self.base_curriculum[-1] != self.base_length:
+            raise ValueError("base_curriculum: the last stage must train at base_length (P0)")
+        if len(self.base_steps) != len(self.base_curriculum):
+            raise ValueError("base_steps: one entry per base_curriculum stage")
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"variants: unknown {unknown}; choose from {VARIANTS}")
+        for length in (*self.base_curriculum, self.target_length):
+            if self.base_tokens_per_step % length and length in self.base_curriculum:
+                raise ValueError(f"base_tokens_per_step must be a multiple of every stage length ({length})")
+            if self.extend_tokens_per_step % length and length in (self.base_length, self.target_length):
+                raise ValueError(f"extend_tokens_per_step must be a multiple of P0 and T ({length})")
+        if max(self.eval_lengths) + 12 > self.target_length:
+            raise ValueError(f"eval_lengths: the largest must be <= T - 12 = {self.target_length - 12}")
+
+    def model(self, **extra) -> dict:
+        """ModelConfig fields (over the `tiny` preset) of every run."""
+        heads = max(2, self.hidden_size // 32)
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8,
+            "num_attention_heads": heads,
+            "num_query_groups": heads // 2,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.target_length,
+            **extra,
+        }
+
+
+def load_toy_config(path: Path | None, overrides: list[str]) -> ToyConfig:
+    """YAML file, then `key=value` overrides (values parsed as YAML: `seeds=[0,1]`, `base_lr=1e-3`)."""
+    raw = yaml.safe_load(path.read_text()) if path else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        raw[key.strip()] = yaml.safe_load(value)
+    known = {f.name for f in dataclasses.fields(ToyConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"--set/--config: unknown keys {unknown}; known: {sorted(known)}")
+    cfg = ToyConfig(**raw)
+    cfg.validate()
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def schemes(cfg: ToyConfig) -> dict[str, tuple]:
+    """Dataset name -> (SchemeConfig, cues) for the base curriculum and every variant's training data."""
+    from megatron_endprompt.positions import SchemeConfig
+
+    p0, t = cfg.base_length, cfg.target_length
+    out = {f"base_{n}": (SchemeConfig("contiguous", n, n), []) for n in cfg.base_curriculum}
+    out.update(
+        {
+            "contiguous_short": (SchemeConfig("contiguous", p0, p0), []),
+            "endprompt": (SchemeConfig("endprompt", p0, t), list(PAPER_CUES)),
+            "endprompt_tail_fixed": (SchemeConfig("endprompt-tail", p0, t, cfg.terminal_length, "fixed"), []),
+            "endprompt_tail_random": (
+                SchemeConfig("endprompt-tail", p0, t, cfg.terminal_length, "random"),
+                [],
+            ),
+            "pose": (SchemeConfig("pose", p0, t, pose_chunks=cfg.pose_chunks), []),
+            "endprompt_pose": (
+                SchemeConfig("endprompt-pose", p0, t, pose_chunks=cfg.pose_chunks),
+                list(PAPER_CUES),
+            ),
+            "full_length": (SchemeConfig("contiguous", t, t), []),
+        }
+    )
+    return out
+
+
+def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
+    """Corpus, tokenizer and every dataset (skipped when already built)."""
+    from megatron_endprompt.data.builder import BuildConfig, build
+    from megatron_endprompt.data.tokenizers import train_sentencepiece
+
+    corpus = out / "corpus" / "train.jsonl"
+    if not corpus.is_file():
+        write_corpus(corpus, CorpusConfig(documents=cfg.documents, max_words=cfg.max_words, seed=0))
+    tok = out / "tokenizer" / "toy.model"
+    if not tok.is_file():
+        tok.parent.mkdir(parents=True, exist_ok=True)
+        texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
+        tok = Path(train_sentencepiece(texts, out / "tokenizer" / "toy", vocab_size=cfg.vocab_size))
+    prefixes = {}
+    for name, (scheme, cues) in schemes(cfg).items():
+        prefix = out / "data" / name
+        if not Path(f"{prefix}.idx").is_file():
+            build(
+                BuildConfig(
+                    input=[str(corpus)],
+                    output_prefix=str(prefix),
+                    tokenizer_type="SentencePieceTokenizer",
+                    tokenizer_model=str(tok),
+                    scheme=scheme,
+                    cues=cues,
+                    append_eod=True,
+                    seed=0,
+                )
+            )
+        prefixes[name] = str(prefix)
+    return tok, prefixes
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _train(out: Path, name: str, run: demo.RunSpec, model: dict) -> tuple[Path, float]:
+    """One training run through the CLI, reusing a finished one; returns (checkpoint, wall seconds)."""
+    from megatron_endprompt.training.checkpoint_io import find_latest
+
+    done = out / "runs" / f"{name}.done.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        return Path(info["checkpoint"]), info["seconds"]
+    start = time.perf_counter()
+    ckpt = demo.run_training(out, name, demo.recipe(run, model))
+    seconds = round(time.perf_counter() - start, 1)
+    done.write_text(json.dumps({"checkpoint": str(find_latest(run.save) or ckpt), "seconds": seconds}))
+    return ckpt, seconds
+
+
+def train_base(out: Path, cfg: ToyConfig, data: dict[str, str]) -> tuple[Path, float]:
+    """Curriculum stages at increasing length, each starting from the previous stage's weights."""
+    init, total = None, 0.0
+    for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True):
+        run = demo.RunSpec(
+            data[f"base_{length}"],
+            length,
+            cfg.base_tokens_per_step // length,
+            steps,
+            cfg.base_lr,
+            str(out / "runs" / f"base_{length}"),
+            seed=0,
+            init_from=init,
+        )
+        ckpt, seconds = _train(out, f"base_{length}", run, cfg.model())
+        init, total = str(ckpt), total + seconds
+    return Path(init), total
+
+
+def physical_length(cfg: ToyConfig, variant: str) -> int:
+    return cfg.target_length if variant == "full_length" else cfg.base_length
+
+
+def extend(
+    out: Path, cfg: ToyConfig, data: dict[str, str], base: Path, variant: str, seed: int
+) -> tuple[Path, float]:
+    """Fine-tune `variant` from the base weights with PI factor T/P0 (pi_only: no training, config only)."""
+    name = f"{variant}_s{seed}"
+    if variant == "pi_only":
+        dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
+        return demo.pi_only(out, base, dc), 0.0
+    p = physical_length(cfg, variant)
+    run = demo.RunSpec(
+        data[variant],
+        p,
+        cfg.extend_tokens_per_step // p,
+        cfg.extend_steps,
+        cfg.extend_lr,
+        str(out / "runs" / name),
+        seed=seed,
+        init_from=str(base),
+        cue_loss_weight=cfg.cue_loss_weight,
+    )
+    return _train(out, name, run, cfg.model(rope_scaling={"type": "linear", "factor": float(cfg.factor)}))
+
+
+def base_flops(cfg: ToyConfig) -> float:
+    """Model FLOPs of base pretraining (all curriculum stages)."""
+    from megatron_endprompt.model.config import get_preset
+    from megatron_endprompt.training import flops
+
+    model = get_preset("tiny").replace(**cfg.model())
+    return sum(
+        steps * cfg.base_tokens_per_step * flops.flops_per_token(model, length)
+        for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True)
+    )
+
+
+def training_flops(cfg: ToyConfig, variant: str) -> float:
+    """Model FLOPs of the variant's fine-tuning: tokens x (6N + 6 L d_attn s) at its physical length s."""
+    from megatron_endprompt.model.config import get_preset
+    from megatron_endprompt.training import flops
+
+    if variant == "pi_only":
+        return 0.0
+    model = get_preset("tiny").replace(**cfg.model())
+    tokens = cfg.extend_steps * cfg.extend_tokens_per_step
+    return tokens * flops.flops_per_token(model, physical_length(cfg, variant))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: Path, seed: int) -> dict:
+    """`eval.evaluate` on one checkpoint (cached in <out>/eval/<label>.json)."""
+    path = out / "eval" / f"{label}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from megatron_endprompt.data.tokenizers import load_tokenizer
+    from megatron_endprompt.eval.backends import MegatronBackend
+    from megatron_endprompt.eval.runner import evaluate
+
+    tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
+    result = evaluate(
+        MegatronBackend.from_checkpoint(ckpt),
+        tok,
+        cfg.eval_tasks,
+        cfg.eval_lengths,
+        cfg.eval_depths,
+        cfg.eval_samples,
+        seed=seed,
+        max_new_tokens=12,
+        progress=False,
+    )
+    result.pop("samples", None)  # keep the files small; scores per length and depth stay
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    logger.info("eval %s: %s", label, result["results"])
+    return result
+
+
+def run_all(out: Path, cfg: ToyConfig) -> dict:
+    """Data, base, every variant x seed, evaluation; returns the collected results (also results.json)."""
+    tok, data = build_all(out, cfg)
+    base, base_seconds = train_base(out, cfg, data)
+    rows = {
+        "base": {
+            "seconds": base_seconds,
+            "physical_length": cfg.base_length,
+            "flops": base_flops(cfg),
+            "evals": [evaluate_run(out, cfg, tok, "base", base, 0)],
+        }
+    }
+    for variant in cfg.variants:
+        row = {
+            "physical_length": physical_length(cfg, variant),
+            "flops": training_flops(cfg, variant),
+            "seconds": [],
+            "evals": [],
+        }
+        for seed in cfg.seeds:
+            ckpt, seconds = extend(out, cfg, data, base, variant, seed)
+            row["seconds"].append(seconds)
+            row["evals"].append(evaluate_run(out, cfg, tok, f"{variant}_s{seed}", ckpt, seed))
+        rows[variant] = row
+    results = {"config": dataclasses.asdict(cfg), "rows": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def score(row: dict, task: str, length: int) -> tuple[float, float]:
+    """Mean and std over seeds of the task score at one length."""
+    return _mean_std([e["results"][task][str(length)] for e in row["evals"]])
+
+
+def markdown(results: dict, meta: dict) -> str:
+    """The report: what was run, how long it took, and the scores."""
+    cfg, rows = results["config"], results["rows"]
+    lengths = cfg["eval_lengths"]
+    t = cfg["base_length"] * cfg["factor"]
+    lines = [
+        "# Toy reproduction: context extension variants on a CPU-sized model",
+        "",
+        f"**Small-scale numbers** from `{meta['command']}` ({meta['date']}, {meta['hardware']}, "
+        f"total wall time {meta['wall_minutes']:.0f} min). A {cfg['num_layers']}-layer, "
+        f"width-{cfg['hidden_size']} "
+        f"model pretrained at P0 = {cfg['base_length']} is extended {cfg['factor']}x to T = {t} (PI factor "
+        f"{cfg['factor']}); every variant fine-tunes on the same general corpus for "
+        f"{cfg['extend_steps']} steps of "
+        f"{cfg['extend_tokens_per_step']} tokens. Scores: accuracy (%) over "
+        f"{len(cfg['eval_depths'])} depths x "
+        f"{cfg['eval_samples']} prompts, mean ± std over extension seeds {cfg['seeds']}.",
+        "",
+    ]
+    for task in cfg["eval_tasks"]:
+        head = (
+            "| variant | P (physical) | train FLOPs | train time (s) | "
+            + " | ".join(map(str, lengths))
+            + " |"
+        )
+        lines += [f"## {task}", "", head, "|---|---:|---:|---:|" + "---:|" * len(lengths)]
+        for name, row in rows.items():
+            secs = row["seconds"] if isinstance(row["seconds"], list) else [row["seconds"]]
+            flops = "n/a" if row["flops"] is None else f"{row['flops']:.2e}"
+            cells = []
+            for n in lengths:
+                mean, std = score(row, task, n)
+                cells.append(f"{mean:.0f} ± {std:.0f}" if len(row["evals"]) > 1 else f"{mean:.0f}")
+            lines.append(
+                f"| {name} | {row['physical_length']} | {flops} | {sum(secs) / len(secs):.0f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
+    lines += ["Settings:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Accuracy vs prompt length per task, one line per variant (mean over seeds, std as error bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg, rows = results["config"], results["rows"]
+    tasks = cfg["eval_tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for name, row in rows.items():
+            stats = [score(row, task, n) for n in cfg["eval_lengths"]]
+            ax.errorbar(
+                cfg["eval_lengths"],
+                [m for m, _ in stats],
+                yerr=[s for _, s in stats],
+                marker="o",
+                capsize=3,
+                label=name,
+                linestyle="--" if name in ("base", "pi_only") else "-",
+            )
+        ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"{task} (P0 = {cfg['base_length']}, T = {cfg['base_length'] * cfg['factor']})")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/toy_reproduction"), help="work directory")
+    p.add_argument(
+        "--config", type=Path, default=Path(__file__).with_name("config.yaml"), help="settings YAML"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="key=value override (repeatable)"
+    )
+    p.add_argument("--report-dir", type=Path, default=Path("docs/results"), help="where the .md and .png go")
+    p.add_argument("--name", default="toy_reproduction", help="report file name (without suffix)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/results.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = load_toy_config(args.config if args.config.is_file() else None, args.overrides)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        meta = results["meta"]
+    else:
+        results = run_all(args.out, cfg)
+        meta = {
+            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "hardware": hardware(),
+            "wall_minutes": (time.time() - start) / 60,
+        }
+        results["meta"] = meta
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report = args.report_dir / f"{args.name}.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(results, args.report_dir / f"{args.name}.png")
+    report.write_text(markdown(results, meta) + f"\n![scores vs length]({png.name})\n")
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
