@@ -58,7 +58,8 @@ class ParallelSection:
     sequence_parallel: bool = False
     """Megatron sequence parallelism for norms/dropout (needs TP > 1)."""
     data_parallel: int | None = None
-    """Derived from the world size; setting it only asserts the expected value."""
+    """Expected data-parallel size; None (usual): derived, see `TrainConfig.data_parallel_size`. When set, a launch
+    with another world size is refused."""
 
 
 @dataclass
@@ -294,8 +295,6 @@ class TrainConfig:
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.world_size = world_size
         validate_config(self, check_environment)
-        if self.parallel.data_parallel is None:
-            self.parallel.data_parallel = self.data_parallel_size
 
 
 def resolve_model_config(model: ModelSection, checkpoint: CheckpointSection) -> ModelConfig:
