@@ -79,6 +79,7 @@ def save_checkpoint(
     from megatron.core import dist_checkpointing
 
     rank0 = dist.get_rank() == 0
+    engine.sync_params()
     if rank0:
         begin_save(save_dir, iteration)
     dist.barrier()

@@ -219,6 +219,16 @@ class Engine:
 
     # ------------------------------------------------------------------ access
 
+    def sync_params(self) -> None:
+        """Finish the distributed optimizer's pending parameter all-gather (overlap_param_gather).
+
+        With overlap, updated parameter shards reach the other data-parallel ranks only in the next forward
+        pass; checkpointing must see complete parameters first.
+        """
+        if self.cfg.optimizer.overlap_param_gather:
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
+
     def unwrapped_model(self) -> list[torch.nn.Module]:
         """The EndPromptGPTModel chunks without their DDP wrappers."""
         return [chunk.module for chunk in self.model]

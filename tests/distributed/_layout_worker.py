@@ -33,33 +33,48 @@ from _batches import make_batches, weighted_loss_from_logits  # noqa: E402
 STEPS = 3
 HF_WAIT_S = 150
 
-# name -> (tp, pp, cp, vp, sequence_parallel, distributed_optimizer)
+# name -> (tp, pp, cp, vp, sequence_parallel, distributed_optimizer, overlap grad reduce + param gather)
 LAYOUTS = {
-    "dp2": (1, 1, 1, None, False, False),
-    "dp2_distopt": (1, 1, 1, None, False, True),
-    "tp2": (2, 1, 1, None, False, False),
-    "tp2_sp": (2, 1, 1, None, True, False),
-    "pp2": (1, 2, 1, None, False, False),
-    "pp2_vp2": (1, 2, 1, 2, False, False),
-    "cp2": (1, 1, 2, None, False, False),
+    "dp2": (1, 1, 1, None, False, False, False),
+    "dp2_distopt": (1, 1, 1, None, False, True, False),
+    "dp2_distopt_overlap": (1, 1, 1, None, False, True, True),
+    "tp2": (2, 1, 1, None, False, False, False),
+    "tp2_sp": (2, 1, 1, None, True, False, False),
+    "pp2": (1, 2, 1, None, False, False, False),
+    "pp2_vp2": (1, 2, 1, 2, False, False, False),
+    "cp2": (1, 1, 2, None, False, False, False),
 }
 NUM_LAYERS = 4
 """The tiny preset with 4 layers, so that PP=2 x VP=2 has a layer per chunk."""
 
 
-SAVE_AFTER_FIRST_STEP = {"tp2": "tp2", "pp2": "pp2", "pp2_vp2": "vp2", "dp2_distopt": "distopt"}
+SAVE_AFTER_FIRST_STEP = {
+    "tp2": "tp2",
+    "pp2": "pp2",
+    "pp2_vp2": "vp2",
+    "dp2_distopt": "distopt",
+    "dp2_distopt_overlap": "overlap",
+}
 """Layouts that also write a full checkpoint after their first step (into this subdirectory)."""
 RESUMES = {
     "tp2_to_tp1": ("dp2", "tp2"),
     "pp2_to_pp1": ("dp2", "pp2"),
     "vp2_to_pp1": ("dp2", "vp2"),
     "dp2_distopt": ("dp2_distopt", "distopt"),
+    "overlap_to_distopt": ("dp2_distopt", "overlap"),
 }
 """Resume check name -> (layout to load at, checkpoint subdirectory)."""
 
 
 def make_config(
-    tp: int, pp: int, cp: int, vp: int | None, sp: bool, distopt: bool, model_json: Path | None = None
+    tp: int,
+    pp: int,
+    cp: int,
+    vp: int | None,
+    sp: bool,
+    distopt: bool,
+    overlap: bool,
+    model_json: Path | None = None,
 ) -> TrainConfig:
     cfg = TrainConfig()
     if model_json is None:
@@ -72,6 +87,7 @@ def make_config(
     cfg.parallel.virtual_pipeline_parallel, cfg.parallel.sequence_parallel = vp, sp
     cfg.optimizer.lr, cfg.optimizer.warmup_steps, cfg.optimizer.weight_decay = 3e-3, 2, 0.1
     cfg.optimizer.use_distributed_optimizer = distopt
+    cfg.optimizer.overlap_grad_reduce = cfg.optimizer.overlap_param_gather = overlap
     cfg.training.train_steps = STEPS
     return cfg
 

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_layout_worker.py")
 HF_REFERENCE = Path(__file__).with_name("_hf_reference.py")
-LAYOUTS = ("dp2", "dp2_distopt", "tp2", "tp2_sp", "pp2", "pp2_vp2", "cp2")
-RESUMES = ("tp2_to_tp1", "pp2_to_pp1", "vp2_to_pp1", "dp2_distopt")
+LAYOUTS = ("dp2", "dp2_distopt", "dp2_distopt_overlap", "tp2", "tp2_sp", "pp2", "pp2_vp2", "cp2")
+RESUMES = ("tp2_to_tp1", "pp2_to_pp1", "vp2_to_pp1", "dp2_distopt", "overlap_to_distopt")
 FIRST_STEP_TOL = 1e-5
 """Loss and grad norm of the first step (same weights, same data): only reduction order differs."""
 CURVE_TOL = 5e-5
