@@ -30,17 +30,23 @@ def _free_port() -> int:
 
 
 def _init_process_group() -> None:
-    """Join (or create) the default process group; gloo on CPU, nccl on CUDA."""
+    """Join (or create) the default process group; gloo on CPU, nccl on CUDA.
+
+    Under torchrun the env:// rendezvous is used. Otherwise a one-rank group on a free local port is created
+    WITHOUT touching os.environ, so that subprocesses (torchrun launches, CLIs) do not inherit a stale
+    RANK / WORLD_SIZE / MASTER_PORT.
+    """
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"] = "0", "1", "0"
+    under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) if under_launcher else 0)
+    if under_launcher:
+        dist.init_process_group(backend=backend)
+    else:
+        port = _free_port()
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     logger.info("process group: backend=%s world_size=%d", backend, dist.get_world_size())
 
 

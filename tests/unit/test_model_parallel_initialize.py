@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
 
 
-def test_single_process_reinit_and_errors():
+def test_single_process_reinit_and_errors(monkeypatch):
     from megatron.core import parallel_state
 
     from megatron_endprompt.parallel import destroy, initialize
 
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
     initialize(tp=1, pp=1, cp=1, seed=1)
     assert dist.is_initialized() and dist.get_world_size() == 1
     assert parallel_state.get_tensor_model_parallel_world_size() == 1
@@ -22,3 +26,5 @@ def test_single_process_reinit_and_errors():
     initialize(seed=2)  # a fresh group in the same process
     assert parallel_state.model_parallel_is_initialized()
     assert dist.get_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+    # Subprocesses (torchrun launches, CLIs) must not inherit a rendezvous from this process.
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
