@@ -153,6 +153,10 @@ class Engine:
 
         shape = check_micro_batches(micro_batches, self.cfg)
         weight_total = self._global_weight(micro_batches)
+        if not weight_total > 0:  # decided on every rank alike (a raise on the last stage only would hang)
+            if not forward_only:
+                raise ValueError("train_step: no token of the global batch has a positive loss weight")
+            weight_total = 1.0  # evaluation only reads the statistics
         prepared = [self._prepare(mb) for mb in micro_batches]
         outputs = get_forward_backward_func()(
             forward_step_func=partial(self._forward_step, weight_total=weight_total),
@@ -177,7 +181,10 @@ class Engine:
         """Move to the device and keep this context-parallel rank's share of the sequence."""
         from megatron.core import parallel_state
 
-        batch = {k: v.to(self.device) if self.device is not None else v for k, v in micro_batch.items()}
+        batch = {
+            k: v.to(self.device, non_blocking=True) if self.device is not None and torch.is_tensor(v) else v
+            for k, v in micro_batch.items()
+        }
         if parallel_state.get_context_parallel_world_size() > 1:
             from megatron_endprompt.parallel import slice_batch_for_cp
 
@@ -246,19 +253,25 @@ def check_micro_batches(micro_batches: list[dict[str, torch.Tensor]], cfg: Train
     """All micro-batches have every key and one [micro_batch_size, P] shape; returns that shape."""
     if not micro_batches:
         raise ValueError("train_step: got no micro-batches")
-    shape = tuple(micro_batches[0]["tokens"].shape)
     for i, mb in enumerate(micro_batches):
         missing = [k for k in BATCH_KEYS if k not in mb]
         if missing:
             raise ValueError(f"micro-batch {i} lacks {missing}; expected keys {BATCH_KEYS}")
+    shape = tuple(micro_batches[0]["tokens"].shape)
+    for i, mb in enumerate(micro_batches):
         bad = [k for k in BATCH_KEYS if tuple(mb[k].shape) != shape]
         if len(shape) != 2 or bad:
             raise ValueError(
                 f"micro-batch {i}: {bad or BATCH_KEYS} must all be [micro_batch_size, P] = {shape}"
             )
-    chunks = 2 * cfg.parallel.context_parallel
-    if cfg.parallel.context_parallel > 1 and shape[1] % chunks:
+    p = cfg.parallel
+    if p.context_parallel > 1 and shape[1] % (2 * p.context_parallel):
         raise ValueError(
-            f"--data.seq_length: P={shape[1]} must be divisible by 2 * context_parallel = {chunks}"
+            f"--data.seq_length: P={shape[1]} must be divisible by 2 * context_parallel = {2 * p.context_parallel}"
+        )
+    if p.sequence_parallel and (shape[1] // p.context_parallel) % p.tensor_parallel:
+        raise ValueError(
+            f"--data.seq_length: with sequence parallelism P / context_parallel = {shape[1] // p.context_parallel} "
+            f"must be divisible by tensor_parallel = {p.tensor_parallel}"
         )
     return shape[0], shape[1]

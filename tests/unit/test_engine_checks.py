@@ -41,6 +41,14 @@ def test_context_parallel_needs_seq_divisible_by_2cp():
     assert check_micro_batches([_mb(1, 16)], cfg) == (1, 16)
 
 
+def test_sequence_parallel_needs_local_seq_divisible_by_tp():
+    cfg = TrainConfig()
+    cfg.parallel.tensor_parallel, cfg.parallel.sequence_parallel, cfg.parallel.context_parallel = 4, True, 2
+    with pytest.raises(ValueError, match="tensor_parallel = 4"):
+        check_micro_batches([_mb(1, 12)], cfg)
+    assert check_micro_batches([_mb(1, 16)], cfg) == (1, 16)
+
+
 def test_recompute_and_loss_settings_reach_the_model_builder():
     cfg = TrainConfig()
     assert config_overrides(cfg) == {"calculate_per_token_loss": True}
