@@ -162,6 +162,9 @@ class TrainingSection:
     """Samples to consume; converted to ceil(train_samples / global_batch_size) steps."""
     seed: int = 1234
     """Seed of model initialisation and dropout."""
+    exit_signal: str | None = "SIGTERM"
+    """On this signal (SLURM preemption) every rank finishes the current step, a checkpoint is saved (with
+    `checkpoint.save`) and the run exits 0; rerun the same command to resume. None: default signal handling."""
 
     def total_steps(self, global_batch_size: int) -> int:
         """Number of optimizer steps of the whole run."""
@@ -217,6 +220,9 @@ class DebugSection:
     """Fault injection: SIGKILL the process right after this step's optimizer update (before logging/saving)."""
     kill_during_save_at: int | None = None
     """Fault injection: SIGKILL the process while the checkpoint of this step is being written."""
+    signal_at_step: int | None = None
+    """Fault injection: deliver `training.exit_signal` to rank 0 after this step (the other ranks learn of it
+    through the per-step agreement)."""
     deterministic: bool = False
     """Request deterministic algorithms (bitwise-reproducible resumes on one rank)."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from megatron_endprompt.training import batches, fault_injection, flops
 from megatron_endprompt.training.config import TrainConfig
 from megatron_endprompt.training.metrics import MetricsLogger, Throughput, check_finite, peak_memory_gib
+from megatron_endprompt.training.signals import StopSignal
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class TrainSummary:
     consumed_samples: int
     losses: list[float] = field(default_factory=list)
     last_eval_loss: float | None = None
+    stopped_by_signal: bool = False
 
 
 @dataclass
@@ -247,15 +249,17 @@ def train(cfg: TrainConfig) -> TrainSummary:
     logger.info(
         "training steps %d..%d (%d micro-batches per step per rank)", start + 1, total, cfg.num_micro_batches
     )
+    stop = StopSignal(cfg.training.exit_signal)
     try:
-        _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary)
+        _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary, stop)
     finally:
+        stop.restore()
         reporter.metrics.close()
     return summary
 
 
-def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSummary) -> None:
-    total, gbs = cfg.train_steps, cfg.data.global_batch_size
+def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSummary, stop: StopSignal) -> None:
+    total, gbs, c = cfg.train_steps, cfg.data.global_batch_size, cfg.checkpoint
     saved_at = None
     for iteration in range(summary.iteration + 1, total + 1):
         position = summary.consumed_samples
@@ -265,17 +269,30 @@ def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSumma
         fault_injection.kill_after_step(cfg.debug.kill_at_step, result.iteration)
         summary.iteration, summary.consumed_samples = result.iteration, position + gbs
         summary.losses.append(result.loss)
-        reporter.step(result, _sample_ids(cfg, position, micro_batches), last=iteration == total)
+        if cfg.debug.signal_at_step == iteration and _rank() == 0:
+            stop.send_to_self()
+        summary.stopped_by_signal = stop.requested()
+        last = iteration == total or summary.stopped_by_signal
+        reporter.step(result, _sample_ids(cfg, position, micro_batches), last=last)
         if cfg.logging.eval_interval and (iteration % cfg.logging.eval_interval == 0 or iteration == total):
             values = evaluate(cfg, engine, valid_set, dp)
             summary.last_eval_loss = values["eval_loss"]
             reporter.log_eval(iteration, values)
-        c = cfg.checkpoint
         if c.save and c.save_interval and iteration % c.save_interval == 0:
             _save(cfg, engine, iteration, summary.consumed_samples)
             saved_at = iteration
-    if cfg.checkpoint.save and cfg.checkpoint.save_at_end and saved_at != total:
-        _save(cfg, engine, total, summary.consumed_samples)
+        if summary.stopped_by_signal:
+            break
+    wanted = c.save_at_end or summary.stopped_by_signal
+    if c.save and wanted and saved_at != summary.iteration:
+        _save(cfg, engine, summary.iteration, summary.consumed_samples)
+    if summary.stopped_by_signal:
+        logger.warning(
+            "stopped by %s after step %d%s; rerun the same command to resume",
+            cfg.training.exit_signal,
+            summary.iteration,
+            " (checkpoint saved)" if c.save else " (no --checkpoint.save: nothing saved)",
+        )
 
 
 def _sample_ids(cfg: TrainConfig, position: int, micro_batches: list[dict]) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -219,6 +220,10 @@ def _check_schedule(cfg, model) -> list[str]:
 
 def _check_io(cfg, model) -> list[str]:
     c, lg, errs = cfg.checkpoint, cfg.logging, []
+    if cfg.training.exit_signal is not None and cfg.training.exit_signal not in signal.Signals.__members__:
+        errs.append(
+            f"--training.exit_signal: unknown signal {cfg.training.exit_signal!r} (e.g. SIGTERM, SIGUSR1)"
+        )
     if c.save_interval is not None and c.save_interval < 1:
         errs.append(f"--checkpoint.save_interval must be >= 1, got {c.save_interval}")
     if c.save_interval is not None and not c.save:

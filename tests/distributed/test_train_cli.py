@@ -141,19 +141,19 @@ def test_learns_and_resumes_bitwise_after_kill_9(tmp_path, data_prefix, referenc
     assert consumed == list(range(13 * 8))  # every stream position exactly once, in order
 
 
-def test_two_data_parallel_ranks_match_one_rank(tmp_path, data_prefix, reference) -> None:
-    """torchrun with 2 ranks (DP=2: one micro-batch each instead of two on one rank): same global batches, the
-    same losses up to float reduction order, and only rank 0 writes metrics."""
+def test_two_data_parallel_ranks_match_one_rank_and_stop_on_sigterm(tmp_path, data_prefix, reference) -> None:
+    """torchrun with 2 ranks (DP=2: one micro-batch each instead of two on one rank): the same global batches,
+    the same losses up to float reduction order, only rank 0 writes metrics. SIGTERM delivered to rank 0 after
+    step 10 stops both ranks after that step with a checkpoint (exit 0)."""
     _, want = reference
-    rc, out = train(
-        tmp_path / "dp2", "--checkpoint.save", "none", "--checkpoint.save_interval", "none",
-        "--logging.log_dir", str(tmp_path / "dp2"), prefix=data_prefix, nproc=2,
-    )  # fmt: skip
+    run = tmp_path / "dp2"
+    rc, out = train(run, "--debug.signal_at_step", "10", prefix=data_prefix, nproc=2)
     assert rc == 0, out[-3000:]
-    assert "dp=2" in out
-    got = metrics(tmp_path / "dp2")  # fails if both ranks wrote records
-    assert sorted(got) == list(range(1, 17))
-    for step in range(1, 17):
+    assert "dp=2" in out and "stopped by SIGTERM after step 10" in out
+    assert (run / "latest").read_text().strip() == "iter_0000010"
+    got = metrics(run)  # fails if both ranks wrote records
+    assert sorted(got) == list(range(1, 11))
+    for step in range(1, 11):
         assert got[step]["sample_indices"] == want[step]["sample_indices"]
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-4), step
         assert got[step]["lr"] == want[step]["lr"]
