@@ -6,7 +6,9 @@
 #
 # Arguments (defaults in brackets): RECIPE [examples/llama3_8b_endprompt_64k.yaml], SAVE_DIR
 # [runs/<job name>]; anything after them is passed to the trainer as overrides. Run from the repository root
-# (or set REPO_DIR). Requeue-safe: a restarted job resumes from SAVE_DIR's latest complete checkpoint.
+# (or set REPO_DIR). Requeue-safe: a restarted job resumes from SAVE_DIR's latest complete checkpoint, and on
+# SIGTERM (preemption; --signal asks for one 300 s before the time limit) every rank finishes its step, a
+# checkpoint is saved and the trainer exits 0.
 #SBATCH --job-name=endprompt
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -14,6 +16,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --exclusive
 #SBATCH --requeue
+#SBATCH --signal=TERM@300
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
 

@@ -170,6 +170,7 @@ INVALID = [
         1,
         "--precision.fp8 needs --precision.dtype",
     ),
+    (["--training.exit_signal", "SIGNOPE"], 1, "--training.exit_signal: unknown signal"),
     (
         ["--model.num_query_groups", "3"],
         1,
