@@ -85,7 +85,7 @@ def save_checkpoint(
     dist.barrier()
     tmp = Path(save_dir) / (checkpoint_name(iteration) + ".tmp")
     with _cpu_safe_dist_checkpointing():
-        dist_checkpointing.save(_model_sharded_state_dict(engine), str(tmp))
+        dist_checkpointing.save(_model_sharded_state_dict(engine), str(tmp), _parallel_save_strategy())
     if rank0:
         (tmp / OPTIMIZER_DIR).mkdir()
         (tmp / RNG_DIR).mkdir()
@@ -94,7 +94,7 @@ def save_checkpoint(
         _model_sharded_state_dict(engine), is_loading=False, metadata=_optimizer_metadata(engine)
     )
     with _cpu_safe_dist_checkpointing():
-        dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR))
+        dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR), _parallel_save_strategy())
     _save_rng(tmp / RNG_DIR / f"rank_{dist.get_rank():05d}.pt")
     if rank0:
         _write_json(tmp / MODEL_CONFIG_FILE, engine.model_config.to_dict())
@@ -195,6 +195,19 @@ def _load_model(engine, path: Path) -> None:
     chunks = engine.unwrapped_model()
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state if len(chunks) == 1 else state[f"chunk{i}"], strict=True)
+
+
+def _parallel_save_strategy():
+    """torch_dist writer whose shards are spread over the DP x CP replicas (each writes a part).
+
+    Without it, the first data-parallel replica of every model-parallel shard writes everything.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), group)
 
 
 def _optimizer_metadata(engine) -> dict:
