@@ -68,6 +68,8 @@ class DemoConfig:
     """Prompts per (task, length, depth)."""
     eval_depths: tuple[float, ...]
     """Needle depths."""
+    ppl_windows: int
+    """Held-out windows per length for perplexity."""
     cue_length_words: str = "End."
     """The EndPrompt cue text (the paper's EP_3)."""
 
@@ -104,6 +106,7 @@ FULL = DemoConfig(
     eval_lengths=(256, 512, 1024, 2032),
     eval_samples=4,
     eval_depths=(0.1, 0.5, 0.9),
+    ppl_windows=8,
 )
 FAST = replace(
     FULL,
@@ -116,6 +119,7 @@ FAST = replace(
     eval_lengths=(256, 2032),
     eval_samples=1,
     eval_depths=(0.5,),
+    ppl_windows=2,
 )
 EVAL_TASKS = ("passkey", "niah_single_1")
 
@@ -295,8 +299,10 @@ def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- stages 6-8
 
 
-def evaluate_models(out: Path, models: dict[str, Path], tokenizer: Path, dc: DemoConfig) -> dict[str, dict]:
-    """Passkey and NIAH (RULER niah_single_1) at every eval length for each model; results JSON per model."""
+def evaluate_models(
+    out: Path, models: dict[str, Path], tokenizer: Path, heldout: Path, dc: DemoConfig
+) -> dict[str, dict]:
+    """Passkey, NIAH (RULER niah_single_1) and held-out perplexity at every eval length for each model."""
     from megatron_endprompt.data.tokenizers import load_tokenizer
     from megatron_endprompt.eval.backends import MegatronBackend
     from megatron_endprompt.eval.runner import evaluate
@@ -308,12 +314,14 @@ def evaluate_models(out: Path, models: dict[str, Path], tokenizer: Path, dc: Dem
         runs[label] = evaluate(
             backend,
             tok,
-            EVAL_TASKS,
+            [*EVAL_TASKS, "perplexity"],
             dc.eval_lengths,
             dc.eval_depths,
             dc.eval_samples,
             seed=0,
             max_new_tokens=12,
+            ppl_data=str(heldout),
+            ppl_windows=dc.ppl_windows,
             progress=False,
         )
         (out / "eval").mkdir(parents=True, exist_ok=True)
@@ -370,6 +378,12 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
     for task in EVAL_TASKS:
         lines += [f"## {task} (accuracy %, by prompt length in tokens)", "", comparison_table(runs, task), ""]
     lines += [
+        "## held-out perplexity (by window length in tokens; lower is better)",
+        "",
+        comparison_table(runs, "perplexity"),
+        "",
+    ]
+    lines += [
         "## Run",
         "",
         f"- final training loss: base {info['base_loss']}, extended {info['extend_loss']}",
@@ -387,14 +401,25 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
 
 
 def plot_results(runs: dict[str, dict], path: Path) -> Path:
-    """One panel per task: accuracy against prompt length, one line per model."""
+    """One panel per task (accuracy) and one for perplexity, against length; one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(EVAL_TASKS), figsize=(5 * len(EVAL_TASKS), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], EVAL_TASKS, strict=True):
+    fig, axes = plt.subplots(
+        1, len(EVAL_TASKS) + 1, figsize=(4.5 * (len(EVAL_TASKS) + 1), 3.6), squeeze=False
+    )
+    ax = axes[0][-1]
+    for label, res in runs.items():
+        row = sorted((int(n), v["ppl"]) for n, v in (res.get("perplexity") or {}).items())
+        ax.plot([n for n, _ in row], [v for _, v in row], marker="o", label=label)
+    ax.set(
+        xscale="log", yscale="log", title="held-out perplexity", xlabel="window (tokens)", ylabel="perplexity"
+    )
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    for ax, task in zip(axes[0], EVAL_TASKS, strict=False):
         for label, res in runs.items():
             row = sorted((int(n), v) for n, v in res["results"][task].items())
             ax.plot([n for n, _ in row], [v for _, v in row], marker="o", label=label)
@@ -418,7 +443,7 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     """All stages; returns a summary dict (also written to <out>/summary.json)."""
     out.mkdir(parents=True, exist_ok=True)
     st = Stages()
-    corpus, _ = st.run("corpus", make_corpus, out, dc, seed)
+    corpus, heldout = st.run("corpus", make_corpus, out, dc, seed)
     tokenizer = st.run("tokenizer", make_tokenizer, out, corpus, dc)
     data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
     model = dc.model_overrides()
@@ -439,7 +464,7 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     ext_model = {**model, "rope_scaling": {"type": "linear", "factor": float(dc.factor)}}
     extended = st.run("extend", run_training, out, "extended", recipe(ext_run, ext_model))
     models = {"base": base, "pi_only": pi_only(out, base, dc), "extended": extended}
-    runs = st.run("eval", evaluate_models, out, models, tokenizer, dc)
+    runs = st.run("eval", evaluate_models, out, models, tokenizer, heldout, dc)
     export = st.run("export", export_hf, out, extended, tokenizer)
     info = {
         "fast": fast,
@@ -449,7 +474,12 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
         "export": export,
     }
     report = st.run("report", write_report, out, runs, info, st.timings)
-    summary = {**info, "timings": st.timings, "results": {k: v["results"] for k, v in runs.items()}}
+    summary = {
+        **info,
+        "timings": st.timings,
+        "results": {k: v["results"] for k, v in runs.items()},
+        "perplexity": {k: {n: p["ppl"] for n, p in v["perplexity"].items()} for k, v in runs.items()},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(report.read_text())
     print(f"results: {report} and {out / 'results.png'}; total {sum(st.timings.values()):.0f} s")

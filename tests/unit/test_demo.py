@@ -25,6 +25,9 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
         for task in ("passkey", "niah_single_1"):
             assert set(per_task[task]) == lengths
             assert all(0.0 <= v <= 100.0 for v in per_task[task].values())
+    # held-out perplexity at every length for every model (finite and above 1)
+    for per_len in summary["perplexity"].values():
+        assert set(per_len) == lengths and all(1.0 < v < 1e6 for v in per_len.values())
     # training ran and logged a finite loss; the HF export reproduces the Megatron logits
     assert 0 < summary["base_loss"] < 10 and 0 < summary["extend_loss"] < 10
     assert summary["export"]["max_abs_logit_diff"] < 1e-3
