@@ -184,8 +184,9 @@ class CheckpointSection:
     keep_last: int | None = None
     """Keep only the newest N checkpoints; None keeps all."""
     load: str | None = None
-    """Resume everything (weights, optimizer, schedule, data position) from this dir's latest checkpoint.
-    None: resume from `save` when it holds a checkpoint (requeue-safe), else start fresh."""
+    """Resume everything (weights, optimizer, schedule, data position) from this save dir's latest checkpoint (or
+    this checkpoint dir) unless `save` already holds one, which always wins (a requeued job continues its own
+    progress). None: resume from `save` if possible, else start fresh."""
     init_from: str | None = None
     """HF-converted Megatron dir (convert.hf_to_megatron): weights only; ignored when resuming."""
     save_at_end: bool = True

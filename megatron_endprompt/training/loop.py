@@ -81,25 +81,34 @@ def _data_parallel() -> tuple[int, int]:
 
 
 def restore(cfg: TrainConfig, engine) -> tuple[int, int]:
-    """Resume (everything) from --checkpoint.load, else from --checkpoint.save when it holds a checkpoint, else
-    load --checkpoint.init_from weights; returns (iteration, consumed_samples)."""
+    """Resume everything from --checkpoint.save when it already holds a checkpoint (this run's own progress: a
+    requeued job continues), else from --checkpoint.load (a save dir or one checkpoint dir; must hold one), else
+    load --checkpoint.init_from weights only. Returns (iteration, consumed_samples)."""
     c = cfg.checkpoint
     if not (c.load or c.save or c.init_from):
         return 0, 0
     from megatron_endprompt.training import checkpoint as ckpt
 
-    source = c.load or c.save
-    if source and ckpt.find_latest(source) is not None:
-        state = ckpt.load_checkpoint(engine, source)
-        iteration, consumed = _state_position(state, engine)
-        logger.info("resumed from %s at iteration %d (%d samples consumed)", source, iteration, consumed)
-        return iteration, consumed
+    for source in (c.save, c.load):
+        if source and _holds_checkpoint(ckpt, source):
+            state = ckpt.load_checkpoint(engine, source)
+            iteration, consumed = _state_position(state, engine)
+            logger.info("resumed from %s at iteration %d (%d samples consumed)", source, iteration, consumed)
+            return iteration, consumed
     if c.load:
         raise ValueError(f"--checkpoint.load {c.load}: no complete checkpoint found there")
     if c.init_from:
         ckpt.load_checkpoint(engine, c.init_from, weights_only=True)
         logger.info("initialised weights from %s", c.init_from)
     return 0, 0
+
+
+def _holds_checkpoint(ckpt, directory: str) -> bool:
+    try:
+        ckpt.resolve_checkpoint_dir(directory)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _state_position(state, engine) -> tuple[int, int]:
