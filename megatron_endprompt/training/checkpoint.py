@@ -157,22 +157,24 @@ def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def _cpu_safe_dist_checkpointing() -> Iterator[None]:
-    """Without CUDA, scoped stand-ins for the two CUDA calls dist_checkpointing makes even on CPU.
+    """Without CUDA, scoped stand-ins for the CUDA calls megatron-core makes while checkpointing on CPU.
 
     megatron-core 0.16.1 calls `torch.cuda.synchronize()` (`strategies/filesystem_async.py`, preload_tensors)
-    and `torch.cuda.current_device()` (`strategies/state_dict_saver.py`, save finalisation) on every save.
-    `parallel/cpu_support.py` does not patch those modules, so this does, for the duration of one call.
+    and `torch.cuda.current_device()` (`strategies/state_dict_saver.py`, save finalisation) on every save, and
+    the fp16 grad scaler's load_state_dict moves its scale with `Tensor.cuda()` (`optimizer/grad_scaler.py`).
+    `parallel/cpu_support.py` does not patch those, so this does, for the duration of one call.
     """
     if torch.cuda.is_available():
         yield
         return
-    saved = torch.cuda.synchronize, torch.cuda.current_device
+    saved = torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda
     torch.cuda.synchronize = lambda *args, **kwargs: None
     torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
     try:
         yield
     finally:
-        torch.cuda.synchronize, torch.cuda.current_device = saved
+        torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda = saved
 
 
 def _model_sharded_state_dict(engine) -> dict:
@@ -225,7 +227,8 @@ def _load_optimizer(engine, path: Path) -> None:
     )
     with _cpu_safe_dist_checkpointing():
         state = dist_checkpointing.load(opt_sd, str(path / OPTIMIZER_DIR))
-    with torch.no_grad():  # the distributed optimizer copies into leaf tensors that require grad
+    # no_grad: the distributed optimizer copies into leaf tensors that require grad.
+    with torch.no_grad(), _cpu_safe_dist_checkpointing():
         engine.optimizer.load_state_dict(state)
     if engine.cfg.optimizer.use_distributed_optimizer:
         _restore_adam_steps(engine.optimizer)

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -33,17 +34,34 @@ from _batches import make_batches, weighted_loss_from_logits  # noqa: E402
 STEPS = 3
 HF_WAIT_S = 150
 
-# name -> (tp, pp, cp, vp, sequence_parallel, distributed_optimizer, overlap grad reduce + param gather)
+
+class Layout(NamedTuple):
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    vp: int | None = None
+    sequence_parallel: bool = False
+    distopt: bool = False
+    overlap: bool = False
+    """Overlapped grad reduce and param gather."""
+    dtype: str = "fp32"
+
+
 LAYOUTS = {
-    "dp2": (1, 1, 1, None, False, False, False),
-    "dp2_distopt": (1, 1, 1, None, False, True, False),
-    "dp2_distopt_overlap": (1, 1, 1, None, False, True, True),
-    "tp2": (2, 1, 1, None, False, False, False),
-    "tp2_sp": (2, 1, 1, None, True, False, False),
-    "pp2": (1, 2, 1, None, False, False, False),
-    "pp2_vp2": (1, 2, 1, 2, False, False, False),
-    "cp2": (1, 1, 2, None, False, False, False),
+    "dp2": Layout(),
+    "dp2_distopt": Layout(distopt=True),
+    "dp2_distopt_overlap": Layout(distopt=True, overlap=True),
+    "tp2": Layout(tp=2),
+    "tp2_sp": Layout(tp=2, sequence_parallel=True),
+    "pp2": Layout(pp=2),
+    "pp2_vp2": Layout(pp=2, vp=2),
+    "cp2": Layout(cp=2),
+    "bf16_distopt": Layout(distopt=True, dtype="bf16"),
+    "fp16_tp2": Layout(tp=2, dtype="fp16"),
+    "fp16_dp2": Layout(dtype="fp16"),
 }
+MIXED = ("bf16_distopt", "fp16_tp2", "fp16_dp2")
+"""Mixed-precision layouts: compared with the fp32 reference loosely, and with their own resumed run exactly."""
 NUM_LAYERS = 4
 """The tiny preset with 4 layers, so that PP=2 x VP=2 has a layer per chunk."""
 
@@ -54,6 +72,8 @@ SAVE_AFTER_FIRST_STEP = {
     "pp2_vp2": "vp2",
     "dp2_distopt": "distopt",
     "dp2_distopt_overlap": "overlap",
+    "bf16_distopt": "bf16",
+    "fp16_tp2": "fp16",
 }
 """Layouts that also write a full checkpoint after their first step (into this subdirectory)."""
 RESUMES = {
@@ -62,40 +82,34 @@ RESUMES = {
     "vp2_to_pp1": ("dp2", "vp2"),
     "dp2_distopt": ("dp2_distopt", "distopt"),
     "overlap_to_distopt": ("dp2_distopt", "overlap"),
+    "bf16_distopt": ("bf16_distopt", "bf16"),
+    "fp16_tp2_to_tp1": ("fp16_dp2", "fp16"),
 }
 """Resume check name -> (layout to load at, checkpoint subdirectory)."""
 
 
-def make_config(
-    tp: int,
-    pp: int,
-    cp: int,
-    vp: int | None,
-    sp: bool,
-    distopt: bool,
-    overlap: bool,
-    model_json: Path | None = None,
-) -> TrainConfig:
+def make_config(layout: Layout, model_json: Path | None = None) -> TrainConfig:
     cfg = TrainConfig()
     if model_json is None:
         cfg.model.preset, cfg.model.overrides = "tiny", {"num_layers": NUM_LAYERS}
     else:
         cfg.model.config_file = str(model_json)
     cfg.model.use_te = False
-    cfg.precision.dtype = "fp32"
-    cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.parallel.context_parallel = tp, pp, cp
-    cfg.parallel.virtual_pipeline_parallel, cfg.parallel.sequence_parallel = vp, sp
+    cfg.precision.dtype = layout.dtype
+    p = cfg.parallel
+    p.tensor_parallel, p.pipeline_parallel, p.context_parallel = layout.tp, layout.pp, layout.cp
+    p.virtual_pipeline_parallel, p.sequence_parallel = layout.vp, layout.sequence_parallel
     cfg.optimizer.lr, cfg.optimizer.warmup_steps, cfg.optimizer.weight_decay = 3e-3, 2, 0.1
-    cfg.optimizer.use_distributed_optimizer = distopt
-    cfg.optimizer.overlap_grad_reduce = cfg.optimizer.overlap_param_gather = overlap
+    cfg.optimizer.use_distributed_optimizer = layout.distopt
+    cfg.optimizer.overlap_grad_reduce = cfg.optimizer.overlap_param_gather = layout.overlap
     cfg.training.train_steps = STEPS
     return cfg
 
 
 def engine_at(name: str, init: Path | None, model_json: Path | None = None) -> Engine:
     layout = LAYOUTS[name]
-    initialize(*layout[:3], seed=1234, vp=layout[3])
-    engine = Engine(make_config(*layout, model_json=model_json))
+    initialize(layout.tp, layout.pp, layout.cp, seed=1234, vp=layout.vp)
+    engine = Engine(make_config(layout, model_json=model_json))
     if init is not None:
         load_checkpoint(engine, init, weights_only=True)
     return engine
