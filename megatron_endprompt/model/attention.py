@@ -128,6 +128,11 @@ class SDPAttention(MegatronModule):
 
     def _local(self, q, k, v, attention_mask, causal: bool, dropout: float) -> torch.Tensor:
         gqa = q.shape[1] != k.shape[1]
+        if gqa and q.is_cuda and (q.dtype == torch.float32 or attention_mask is not None):
+            # Flash / cuDNN (the GQA-capable kernels) take neither fp32 nor explicit masks, and the
+            # memory-efficient kernel has no GQA: expand K/V rather than fall back to the s x s math kernel.
+            rep = q.shape[1] // k.shape[1]
+            k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
         if attention_mask is not None:
             # megatron masks are True where attention is NOT allowed; SDPA wants True where it is.
             return F.scaled_dot_product_attention(

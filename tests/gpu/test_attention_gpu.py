@@ -54,9 +54,10 @@ def test_backends_match_fp32_reference(backend, groups):
     torch.testing.assert_close(out.float(), _reference(q, k, v), rtol=0, atol=2e-2)
 
 
-def test_long_sequence_memory_is_linear():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_long_sequence_memory_is_linear(dtype):
     s, h, d = 32768, 4, 64
-    q, k, v = (torch.randn(s, 1, n, d, device="cuda", dtype=torch.bfloat16) for n in (h, 2, 2))
+    q, k, v = (torch.randn(s, 1, n, d, device="cuda", dtype=dtype) for n in (h, 2, 2))
     attn = _attention(d)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
