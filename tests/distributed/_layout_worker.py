@@ -45,6 +45,7 @@ class Layout(NamedTuple):
     overlap: bool = False
     """Overlapped grad reduce and param gather."""
     dtype: str = "fp32"
+    initial_loss_scale: float = 2.0**16
 
 
 LAYOUTS = {
@@ -59,6 +60,7 @@ LAYOUTS = {
     "bf16_distopt": Layout(distopt=True, dtype="bf16"),
     "fp16_tp2": Layout(tp=2, dtype="fp16"),
     "fp16_dp2": Layout(dtype="fp16"),
+    "fp16_overflow": Layout(dtype="fp16", initial_loss_scale=2.0**100),  # every step overflows
 }
 MIXED = ("bf16_distopt", "fp16_tp2", "fp16_dp2")
 """Mixed-precision layouts: compared with the fp32 reference loosely, and with their own resumed run exactly."""
@@ -95,7 +97,7 @@ def make_config(layout: Layout, model_json: Path | None = None) -> TrainConfig:
     else:
         cfg.model.config_file = str(model_json)
     cfg.model.use_te = False
-    cfg.precision.dtype = layout.dtype
+    cfg.precision.dtype, cfg.precision.initial_loss_scale = layout.dtype, layout.initial_loss_scale
     p = cfg.parallel
     p.tensor_parallel, p.pipeline_parallel, p.context_parallel = layout.tp, layout.pp, layout.cp
     p.virtual_pipeline_parallel, p.sequence_parallel = layout.vp, layout.sequence_parallel
@@ -137,7 +139,19 @@ def curve(engine: Engine, batches: list[dict], reference: bool = False, save_at:
             save_checkpoint(engine, save_at[1], engine.iteration, engine.consumed_samples, {"probe": i})
         r = engine.train_step(mine)
         steps.append(
-            {k: getattr(r, k) for k in ("loss", "text_loss", "cue_loss", "grad_norm", "lr", "num_tokens")}
+            {
+                k: getattr(r, k)
+                for k in (
+                    "loss",
+                    "text_loss",
+                    "cue_loss",
+                    "grad_norm",
+                    "lr",
+                    "num_tokens",
+                    "skipped",
+                    "iteration",
+                )
+            }
         )
     return {"steps": steps, "eval": engine.eval_loss(mine)}
 
