@@ -159,7 +159,17 @@ def test_two_data_parallel_ranks_match_one_rank_and_stop_on_sigterm(tmp_path, da
         assert got[step]["lr"] == want[step]["lr"]
 
 
-def test_nan_loss_stops_with_the_step(tmp_path, caplog) -> None:
+@pytest.fixture
+def in_process():
+    """In-process runs initialise torch.distributed and megatron's groups here: tear them down afterwards so
+    that later tests find a clean process."""
+    yield
+    from megatron_endprompt.parallel import destroy
+
+    destroy()
+
+
+def test_nan_loss_stops_with_the_step(tmp_path, caplog, in_process) -> None:
     """In-process (no checkpointing): an absurd learning rate makes the loss non-finite within a few steps."""
     from megatron_endprompt.train import EXIT_NONFINITE, main
 
@@ -175,7 +185,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, caplog) -> None:
     assert logged == list(range(1, int(match.group(1))))  # every finite step logged, the bad one not
 
 
-def test_init_from_hf_checkpoint_first_loss_matches_transformers(tmp_path) -> None:
+def test_init_from_hf_checkpoint_first_loss_matches_transformers(tmp_path, in_process) -> None:
     """--checkpoint.init_from an HF-converted dir (model config read from its endprompt_model.json): the loss of
     step 1 (computed before the first update) equals transformers' weighted loss on the same batch."""
     transformers = pytest.importorskip("transformers")
