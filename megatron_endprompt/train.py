@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         logging.getLogger("megatron_endprompt.train").error("%s", exc)
         return EXIT_NONFINITE
-    except (ValueError, NotImplementedError) as exc:  # problems found once data / checkpoints are opened
+    except (ValueError, NotImplementedError, FileNotFoundError) as exc:  # found once files are opened
         logging.getLogger("megatron_endprompt.train").error("%s", exc)
         return EXIT_CONFIG
     return 0

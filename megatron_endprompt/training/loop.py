@@ -103,6 +103,14 @@ def restore(cfg: TrainConfig, engine) -> tuple[int, int]:
     return 0, 0
 
 
+def _check_paths(cfg: TrainConfig) -> None:
+    """Directories the run must read exist (before any process group or model is built)."""
+    c = cfg.checkpoint
+    for flag, path in (("--checkpoint.init_from", c.init_from), ("--checkpoint.load", c.load)):
+        if path and not Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: no such directory")
+
+
 def _holds_checkpoint(ckpt, directory: str) -> bool:
     try:
         ckpt.resolve_checkpoint_dir(directory)
@@ -227,6 +235,7 @@ def train(cfg: TrainConfig) -> TrainSummary:
     from megatron_endprompt.training.datasets import build_splits
     from megatron_endprompt.training.engine import Engine
 
+    _check_paths(cfg)
     _set_determinism(cfg)
     p = cfg.parallel
     initialize(
@@ -264,6 +273,7 @@ def train(cfg: TrainConfig) -> TrainSummary:
     finally:
         stop.restore()
         reporter.metrics.close()
+    logger.info("finished at step %d (%d samples consumed)", summary.iteration, summary.consumed_samples)
     return summary
 
 
