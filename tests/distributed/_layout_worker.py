@@ -133,10 +133,12 @@ def share(batches: list[dict], dp_size: int, reference: bool = False) -> list[di
 def curve(engine: Engine, batches: list[dict], reference: bool = False, save_at: tuple | None = None) -> dict:
     """STEPS training steps; optionally save a full checkpoint after step save_at[0] into save_at[1]."""
     mine = share(batches, _dp(), reference)
-    steps = []
+    steps, rng_after_save = [], None
     for i in range(STEPS):
         if save_at is not None and i == save_at[0]:
+            rng_probe()  # advance every stream, so that only a restore can reproduce the next draws
             save_checkpoint(engine, save_at[1], engine.iteration, engine.consumed_samples, {"probe": i})
+            rng_after_save = rng_probe()
         r = engine.train_step(mine)
         steps.append(
             {
@@ -153,7 +155,19 @@ def curve(engine: Engine, batches: list[dict], reference: bool = False, save_at:
                 )
             }
         )
-    return {"steps": steps, "eval": engine.eval_loss(mine)}
+    return {"steps": steps, "eval": engine.eval_loss(mine), "rng_after_save": rng_after_save}
+
+
+def rng_probe() -> list[float]:
+    """One draw from each RNG stream a checkpoint restores (python, numpy, torch, megatron's tracker)."""
+    import random
+
+    import numpy as np
+    from megatron.core import tensor_parallel
+
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        tracked = torch.rand(1).item()
+    return [random.random(), float(np.random.rand()), torch.rand(1).item(), tracked]
 
 
 def _dp() -> int:
@@ -232,12 +246,13 @@ def _layout_run(name: str, init: Path, batches: list[dict], save_dir: Path | Non
 def _resume(name: str, path: Path, batches: list[dict]) -> dict:
     engine = engine_at(name, None)
     state = load_checkpoint(engine, path)
+    rng = rng_probe()
     mine = share(batches, _dp())
     steps = []
     for _ in range(STEPS - 1):
         r = engine.train_step(mine)
         steps.append({"loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr, "iteration": r.iteration})
-    return {"iteration": state["iteration"], "extra": state["extra"], "steps": steps}
+    return {"iteration": state["iteration"], "extra": state["extra"], "steps": steps, "rng": rng}
 
 
 def main() -> None:

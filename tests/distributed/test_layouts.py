@@ -191,3 +191,17 @@ def test_fp16_overflow_skips_the_update_and_holds_the_schedule(results):
     assert [s["lr"] for s in steps] == [steps[0]["lr"]] * len(steps)  # still the first warmup step
     ref = res["reference"]["steps"][0]["loss"]
     assert all(s["loss"] == pytest.approx(ref, abs=MIXED_TOL["loss"]) for s in steps), "weights changed"
+
+
+def test_resume_at_the_same_layout_restores_rng_streams(results):
+    """python, numpy, torch and megatron-tracker draws right after loading equal those right after saving."""
+    for resume, origin in (("dp2_distopt", "dp2_distopt"), ("bf16_distopt", "bf16_distopt")):
+        for rank in ("rank0", "rank1"):
+            got = results[rank]["resume"][resume]["rng"]
+            want = results[rank]["layouts"][origin]["rng_after_save"]
+            assert got == want, f"{resume} on {rank}: RNG draws after load {got} != after save {want}"
+    # Across a layout change the streams are deliberately not restored (ranks do not correspond).
+    assert (
+        results["rank0"]["resume"]["tp2_to_tp1"]["rng"]
+        != results["rank0"]["layouts"]["tp2"]["rng_after_save"]
+    )
