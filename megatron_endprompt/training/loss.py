@@ -49,19 +49,22 @@ def token_roles(
 def loss_sums(
     per_token_ce: torch.Tensor, loss_weights: torch.Tensor, cue_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """float64 vector of the sums named in SUM_FIELDS for one (micro-)batch; no gradient."""
+    """float64 vector of the sums named in SUM_FIELDS for one (micro-)batch; no gradient.
+
+    Masks multiply instead of indexing, so that nothing waits for the device (no data-dependent shapes).
+    """
     ce = per_token_ce.detach().double()
     w = loss_weights.detach().double()
-    text, cue = token_roles(loss_weights, cue_mask)
+    text, cue = (m.double() for m in token_roles(loss_weights, cue_mask))
     return torch.stack(
         [
             (ce * w).sum(),
             w.sum(),
-            ce[text].sum(),
-            text.sum().double(),
-            ce[cue].sum(),
-            cue.sum().double(),
-            (w > 0).sum().double(),
+            (ce * text).sum(),
+            text.sum(),
+            (ce * cue).sum(),
+            cue.sum(),
+            (w > 0).double().sum(),
         ]
     )
 
