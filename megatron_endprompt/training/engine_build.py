@@ -46,6 +46,9 @@ def config_overrides(cfg: TrainConfig) -> dict:
         )
     elif recompute.granularity == "selective":
         overrides["recompute"] = "selective"
+    if cfg.precision.fp8:
+        # Transformer Engine layers only (validation refuses fp8 without TE); untested on our CPU machines.
+        overrides["fp8"] = cfg.precision.fp8
     if cfg.parallel.virtual_pipeline_parallel and cfg.parallel.pipeline_parallel == 2:
         # With two stages the previous and next stage are the same rank, and the interleaved schedule sends
         # activations and gradients to it at once. Batched p2p posts both on one channel, so they can be
