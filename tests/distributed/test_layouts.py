@@ -61,7 +61,11 @@ def results(tmp_path_factory) -> dict:
     try:
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
-        hf_log = hf_proc.communicate(timeout=120)[0]
+        try:
+            hf_log = hf_proc.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            hf_proc.kill()
+            hf_log = "HF reference timed out:\n" + hf_proc.communicate()[0]
     if proc.returncode != 0 or not (out / "results.json").is_file():
         pytest.fail(
             f"layout worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
