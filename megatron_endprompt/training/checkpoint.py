@@ -302,6 +302,11 @@ def _check_same_optimizer_layout(engine, state: dict, path: Path) -> None:
     """The distributed optimizer's dp_reshardable state only reshards over DP: refuse other changes."""
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
+    if state.get("dtype") != engine.cfg.precision.dtype:
+        raise ValueError(
+            f"--precision.dtype: {path} holds {state.get('dtype')} optimizer state, the run uses "
+            f"{engine.cfg.precision.dtype}; keep the dtype, or load weights only (checkpoint.init_from)"
+        )
     saved_dist = state.get("use_distributed_optimizer", False)
     if saved_dist != bool(engine.cfg.optimizer.use_distributed_optimizer):
         raise ValueError(
