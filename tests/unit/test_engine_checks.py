@@ -81,3 +81,20 @@ def test_resolve_accepts_checkpoint_dirs_and_save_roots(tmp_path):
     assert resolve_checkpoint_dir(root) == final
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         resolve_checkpoint_dir(tmp_path / "empty")
+
+
+def test_resume_refuses_other_dtype_or_optimizer_kind(tmp_path):
+    from types import SimpleNamespace
+
+    from megatron_endprompt.training.checkpoint import FORMAT_VERSION, _check_same_optimizer_layout
+
+    engine = SimpleNamespace(cfg=TrainConfig())
+    engine.cfg.precision.dtype = "fp32"
+    state = {"format_version": FORMAT_VERSION, "dtype": "bf16", "use_distributed_optimizer": False}
+    with pytest.raises(ValueError, match="--precision.dtype"):
+        _check_same_optimizer_layout(engine, state, tmp_path)
+    state["dtype"], state["use_distributed_optimizer"] = "fp32", True
+    with pytest.raises(ValueError, match="use_distributed_optimizer"):
+        _check_same_optimizer_layout(engine, state, tmp_path)
+    with pytest.raises(ValueError, match="format"):
+        _check_same_optimizer_layout(engine, {**state, "format_version": 99}, tmp_path)
