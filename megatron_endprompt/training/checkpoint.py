@@ -126,12 +126,13 @@ def load_checkpoint(engine, load_dir: str | os.PathLike, *, weights_only: bool =
             f"--checkpoint.load: {path} holds weights only (no {TRAIN_STATE_FILE}); use it as "
             "checkpoint.init_from instead"
         )
+    if not weights_only:
+        _check_same_optimizer_layout(engine, state, path)  # before touching anything
     _load_model(engine, path)
     if weights_only:
         engine.optimizer.reload_model_params()  # fp32 master weights follow the loaded model weights
         logger.info("loaded weights from %s", path)
         return {**state, "path": str(path)}
-    _check_same_optimizer_layout(engine, state, path)
     _load_optimizer(engine, path)
     engine.iteration = int(state["iteration"])
     engine.lr_step = int(state["lr_step"])
