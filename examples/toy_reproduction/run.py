@@ -107,8 +107,10 @@ class ToyConfig:
     """Needle depths."""
     eval_samples: int = 4
     """Prompts per (task, length, depth) and seed."""
-    eval_tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_single_1"])
-    """Evaluation tasks."""
+    eval_tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_single_1", "perplexity"])
+    """Evaluation tasks (`perplexity`: held-out perplexity by window length, from another corpus seed)."""
+    ppl_windows: int = 16
+    """Held-out windows per length for perplexity."""
 
     @property
     def target_length(self) -> int:
@@ -200,6 +202,10 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
     corpus = out / "corpus" / "train.jsonl"
     if not corpus.is_file():
         write_corpus(corpus, CorpusConfig(documents=cfg.documents, max_words=cfg.max_words, seed=0))
+    heldout = out / "corpus" / "heldout.jsonl"
+    if not heldout.is_file():
+        docs = max(200, cfg.documents // 20)
+        write_corpus(heldout, CorpusConfig(documents=docs, max_words=cfg.max_words, seed=1))
     tok = out / "tokenizer" / "toy.model"
     if not tok.is_file():
         tok.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +341,8 @@ def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: P
         cfg.eval_samples,
         seed=seed,
         max_new_tokens=12,
+        ppl_data=str(out / "corpus" / "heldout.jsonl") if "perplexity" in cfg.eval_tasks else None,
+        ppl_windows=cfg.ppl_windows,
         progress=False,
     )
     result.pop("samples", None)  # keep the files small; scores per length and depth stay
@@ -382,7 +390,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def score(row: dict, task: str, length: int) -> tuple[float, float]:
-    """Mean and std over seeds of the task score at one length."""
+    """Mean and std over seeds of the task score (perplexity: ppl) at one length."""
+    if task == "perplexity":
+        return _mean_std([e["perplexity"][str(length)]["ppl"] for e in row["evals"]])
     return _mean_std([e["results"][task][str(length)] for e in row["evals"]])
 
 
@@ -395,14 +405,14 @@ def markdown(results: dict, meta: dict) -> str:
         "# Toy reproduction: context extension variants on a CPU-sized model",
         "",
         f"**Small-scale numbers** from `{meta['command']}` ({meta['date']}, {meta['hardware']}, "
-        f"total wall time {meta['wall_minutes']:.0f} min). A {cfg['num_layers']}-layer, "
-        f"width-{cfg['hidden_size']} "
-        f"model pretrained at P0 = {cfg['base_length']} is extended {cfg['factor']}x to T = {t} (PI factor "
-        f"{cfg['factor']}); every variant fine-tunes on the same general corpus for "
-        f"{cfg['extend_steps']} steps of "
-        f"{cfg['extend_tokens_per_step']} tokens. Scores: accuracy (%) over "
-        f"{len(cfg['eval_depths'])} depths x "
-        f"{cfg['eval_samples']} prompts, mean ± std over extension seeds {cfg['seeds']}.",
+        f"total wall time {meta['wall_minutes']:.0f} min).",
+        "",
+        f"A {cfg['num_layers']}-layer, width-{cfg['hidden_size']} model pretrained at P0 = {cfg['base_length']} "
+        f"is extended {cfg['factor']}x to T = {t} (PI factor {cfg['factor']}); every variant fine-tunes on the "
+        f"same general corpus for {cfg['extend_steps']} steps of {cfg['extend_tokens_per_step']} tokens. "
+        f"Task scores: accuracy (%) over {len(cfg['eval_depths'])} depths x {cfg['eval_samples']} prompts; "
+        f"perplexity: {cfg['ppl_windows']} held-out windows per length (lower is better); "
+        f"mean ± std over extension seeds {cfg['seeds']}. Train time includes ~10-20 s of process start-up.",
         "",
     ]
     for task in cfg["eval_tasks"]:
@@ -418,7 +428,9 @@ def markdown(results: dict, meta: dict) -> str:
             cells = []
             for n in lengths:
                 mean, std = score(row, task, n)
-                cells.append(f"{mean:.0f} ± {std:.0f}" if len(row["evals"]) > 1 else f"{mean:.0f}")
+                digits = 1 if task == "perplexity" else 0
+                cell = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["evals"]) > 1 else "")
+                cells.append(cell)
             lines.append(
                 f"| {name} | {row['physical_length']} | {flops} | {sum(secs) / len(secs):.0f} | "
                 + " | ".join(cells)
@@ -453,10 +465,14 @@ def plot(results: dict, path: Path) -> Path:
             )
         ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_ylim(-5, 105)
+        if task == "perplexity":
+            ax.set_yscale("log")
+            ax.set_ylabel("held-out perplexity")
+        else:
+            ax.set_ylim(-5, 105)
+            ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{task} (P0 = {cfg['base_length']}, T = {cfg['base_length'] * cfg['factor']})")
         ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
