@@ -46,6 +46,8 @@ class Layout(NamedTuple):
     """Overlapped grad reduce and param gather."""
     dtype: str = "fp32"
     initial_loss_scale: float = 2.0**16
+    tied: bool = False
+    """Tied input/output embeddings (compared with their own tied reference)."""
 
 
 LAYOUTS = {
@@ -61,7 +63,10 @@ LAYOUTS = {
     "fp16_tp2": Layout(tp=2, dtype="fp16"),
     "fp16_dp2": Layout(dtype="fp16"),
     "fp16_overflow": Layout(dtype="fp16", initial_loss_scale=2.0**100),  # every step overflows
+    "tied_reference": Layout(tied=True),  # run as the single-rank reference of the tied model
+    "pp2_tied": Layout(pp=2, tied=True),
 }
+TIED = ("pp2_tied",)
 MIXED = ("bf16_distopt", "fp16_tp2", "fp16_dp2")
 """Mixed-precision layouts: compared with the fp32 reference loosely, and with their own resumed run exactly."""
 NUM_LAYERS = 4
@@ -93,7 +98,8 @@ RESUMES = {
 def make_config(layout: Layout, model_json: Path | None = None) -> TrainConfig:
     cfg = TrainConfig()
     if model_json is None:
-        cfg.model.preset, cfg.model.overrides = "tiny", {"num_layers": NUM_LAYERS}
+        cfg.model.preset = "tiny"
+        cfg.model.overrides = {"num_layers": NUM_LAYERS, "tie_word_embeddings": layout.tied}
     else:
         cfg.model.config_file = str(model_json)
     cfg.model.use_te = False
@@ -196,12 +202,20 @@ def run(out_dir: Path, hf_dir: Path | None) -> dict:
         save_checkpoint(engine, ckpt / "init", 0, 0)
         return curve(engine, batches, reference=True)
 
+    def tied_reference():
+        engine = engine_at("tied_reference", None)
+        save_checkpoint(engine, ckpt / "init_tied", 0, 0)
+        return curve(engine, batches, reference=True)
+
     res["reference"] = timed("reference", reference)
-    init = ckpt / "init"
+    res["tied_reference"] = timed("tied_reference", tied_reference)
     for name in LAYOUTS:
+        if name == "tied_reference":
+            continue
+        init = ckpt / ("init_tied" if LAYOUTS[name].tied else "init")
         save = SAVE_AFTER_FIRST_STEP.get(name)
         res["layouts"][name] = timed(
-            name, lambda n=name, d=save: _layout_run(n, init, batches, d and ckpt / d)
+            name, lambda n=name, d=save, i=init: _layout_run(n, i, batches, d and ckpt / d)
         )
     # Full resume (weights, optimizer, schedule, counters) after step 1 reproduces steps 2..STEPS, also when the
     # checkpoint was written at TP=2 or PP=2 and is read at TP=PP=1 (model and optimizer state resharded).

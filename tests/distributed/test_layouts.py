@@ -209,3 +209,13 @@ def test_resume_at_the_same_layout_restores_rng_streams(results):
         results["rank0"]["resume"]["tp2_to_tp1"]["rng"]
         != results["rank0"]["layouts"]["tp2"]["rng_after_save"]
     )
+
+
+def test_tied_embeddings_with_pipeline_match_single_rank(results):
+    """Tied input/output embeddings split over two stages (megatron's embedding-group all-reduce)."""
+    res = results["rank0"]
+    _ok(res, "tied_reference")
+    _ok(res, "pp2_tied")
+    ref, got = res["tied_reference"]["steps"], res["layouts"]["pp2_tied"]["steps"]
+    assert ref[0]["loss"] != pytest.approx(res["reference"]["steps"][0]["loss"], abs=1e-3), "model not tied?"
+    _close("pp2_tied", got, ref, ("loss", "grad_norm", "text_loss", "cue_loss"))
