@@ -8,7 +8,7 @@ package's own entry points (data builder, training CLI, evaluation API, converte
 3. data       contiguous samples at P0 (base), EndPrompt samples at P0 with positions up to T, `data.builder`
 4. base       a small model pretrained at context P0, `python -m megatron_endprompt.train`
 5. extend     PI factor T/P0 + EndPrompt fine-tuning on short samples, `python -m megatron_endprompt.train`
-6. eval       passkey and NIAH at short and target lengths for base, PI-only and extended, `eval.evaluate`
+6. eval       passkey, NIAH, held-out perplexity up to T for base, PI-only and extended, `eval.evaluate`
 7. export     the extended model to a Hugging Face directory, `convert.megatron_to_hf`, reloaded and checked
 8. report     results.md (table) and results.png under --out
 
@@ -70,7 +70,7 @@ class DemoConfig:
     """Needle depths."""
     ppl_windows: int
     """Held-out windows per length for perplexity."""
-    cue_length_words: str = "End."
+    cue: str = "End."
     """The EndPrompt cue text (the paper's EP_3)."""
 
     @property
@@ -170,7 +170,7 @@ def build_data(out: Path, corpus: Path, tokenizer: Path, dc: DemoConfig, seed: i
     prefixes = {}
     schemes = {
         "base": (SchemeConfig("contiguous", dc.base_length, dc.base_length), []),
-        "endprompt": (SchemeConfig("endprompt", dc.base_length, dc.target_length), [dc.cue_length_words]),
+        "endprompt": (SchemeConfig("endprompt", dc.base_length, dc.target_length), [dc.cue]),
     }
     for name, (scheme, cues) in schemes.items():
         prefix = str(out / "data" / name)

@@ -4,7 +4,8 @@ Real pretraining corpora are large and carry licences; the demo needs a few MB o
 can learn quickly, (b) teaches it to retrieve information across its whole window, and (c) anyone may
 redistribute. So we generate it: ordinary short stories from a small grammar, mixed with retrieval documents
 that hide a fact in filler and ask for it at the end (passkey in the Landmark/PoSE template, and RULER-style
-"special magic number" needles, one or several per document). Everything is deterministic given the seed.
+"special magic number" needles, one or several per document) and dense recall lists (word -> number pairs, all
+asked back) that give a small model many copy events per token. Everything is deterministic given the seed.
 
 The same corpus serves base pretraining and every extension variant: long-context skills are never trained
 with long data, only with the position schemes.
@@ -143,14 +144,28 @@ def magic_number_document(rng: random.Random, cfg: CorpusConfig) -> str:
     return f"{niah.INTRO.format(**MAGIC_WORDS)} {body} {' '.join(questions)}"
 
 
+def recall_list_document(rng: random.Random, cfg: CorpusConfig) -> str:
+    """Dense copying practice: a list of word -> number pairs, then every pair asked for in random order.
+
+    Each answer is a copy from context, so a small model sees many more copy events per token than the
+    one-needle tasks give it (induction heads form sooner); numbers have 1..value_digits digits.
+    """
+    keys = vocab.distinct(vocab.random_key, rng, rng.randint(2, 8))
+    values = [vocab.random_number(rng, rng.randint(1, cfg.value_digits)) for _ in keys]
+    pairs = " ".join(f"The number for {k} is {v}." for k, v in zip(keys, values, strict=True))
+    order = rng.sample(range(len(keys)), len(keys))
+    asks = " ".join(f"What is the number for {keys[i]}? It is {values[i]}." for i in order)
+    return f"Remember the numbers. {pairs} {asks}"
+
+
 def generate_documents(cfg: CorpusConfig) -> Iterator[str]:
     """Yield `cfg.documents` documents, deterministic in `cfg.seed`."""
     cfg.validate()
     rng = random.Random(cfg.seed)
+    makers = (passkey_document, magic_number_document, recall_list_document)
     for _ in range(cfg.documents):
         if rng.random() < cfg.retrieval_fraction:
-            make = passkey_document if rng.random() < 0.5 else magic_number_document
-            yield make(rng, cfg)
+            yield rng.choice(makers)(rng, cfg)
         else:
             yield story(rng, rng.randint(3, 12))
 

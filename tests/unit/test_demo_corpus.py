@@ -19,7 +19,8 @@ def test_retrieval_documents_carry_their_answer() -> None:
     docs = list(generate_documents(CorpusConfig(documents=400, retrieval_fraction=1.0, passkey_max=999)))
     pk = [d for d in docs if d.startswith(passkey.INSTRUCTION)]
     magic = [d for d in docs if "special magic numbers for" in d]
-    assert pk and magic and len(pk) + len(magic) == len(docs)
+    recall = [d for d in docs if d.startswith("Remember the numbers.")]
+    assert pk and magic and recall and len(pk) + len(magic) + len(recall) == len(docs)
     for d in pk:
         key = re.search(r"The pass key is (\d+)\. Remember it\.", d).group(1)
         assert d.endswith(f"{passkey.QUESTION} {key}.") and 1 <= int(key) <= 999
@@ -27,11 +28,17 @@ def test_retrieval_documents_carry_their_answer() -> None:
         needles = dict(re.findall(r"special magic numbers for (\S+) is: (\d{7})\.", d))
         asked = re.findall(r"mentioned in the provided text is (\d+)\.", d)
         assert sorted(asked) == sorted(needles.values())  # every needle is asked for, with its own value
+    for d in recall:
+        pairs = dict(re.findall(r"The number for (\S+) is (\d+)\.", d))
+        asked = dict(re.findall(r"What is the number for (\S+)\? It is (\d+)\.", d))
+        assert asked == pairs and len(pairs) >= 2
 
 
 def test_mix_and_validation(tmp_path) -> None:
     docs = list(generate_documents(CorpusConfig(documents=1000, retrieval_fraction=0.5)))
-    share = sum("pass key" in d or "magic number" in d for d in docs) / len(docs)
+    share = sum("pass key" in d or "magic number" in d or "Remember the numbers" in d for d in docs) / len(
+        docs
+    )
     assert 0.4 < share < 0.6
     with pytest.raises(ValueError, match="--max-words"):
         CorpusConfig(min_words=10, max_words=5).validate()
