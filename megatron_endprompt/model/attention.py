@@ -5,10 +5,17 @@ Drop-in for megatron-core's `core_attention` submodule (same constructor and for
 memory-efficient kernels on GPU. Upstream local attention also refuses context parallelism; this module
 supports it by all-gathering K/V over the CP group (backward reduce-scatters their gradients) and masking
 causally by GLOBAL token index under megatron's 2*cp chunk layout (rank r holds chunks r and 2cp-1-r).
+
+The SDPA backend can be forced (`--model.attention_backend`, stored on the TransformerConfig as
+`ep_sdpa_backend`): `auto` lets PyTorch choose, `cudnn` / `flash` / `efficient` / `math` pin one kernel through
+`torch.nn.attention.sdpa_kernel`. On CPU only `auto`, `math` and `flash` (PyTorch has a CPU flash kernel) exist;
+`cudnn` and `efficient` fall back to `auto` there with a logged note.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 import torch
@@ -18,6 +25,45 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.nn.attention.bias import causal_lower_right
+
+logger = logging.getLogger(__name__)
+
+SDPA_BACKENDS: tuple[str, ...] = ("auto", "cudnn", "flash", "efficient", "math")
+"""Values of `--model.attention_backend`."""
+_CPU_BACKENDS = ("auto", "math", "flash")
+_CPU_FALLBACK_LOGGED: set[str] = set()
+
+
+def check_sdpa_backend(name: str, flag: str = "--model.attention_backend") -> str:
+    """Return `name` when it is a known SDPA backend; ValueError naming `flag` otherwise."""
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"{flag}: unknown SDPA backend {name!r}; choose one of {SDPA_BACKENDS}")
+    return name
+
+
+def sdpa_backend_context(name: str, device: torch.device):
+    """Context manager pinning SDPA to backend `name` for tensors on `device` (`auto`: no constraint)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    check_sdpa_backend(name)
+    if device.type != "cuda" and name not in _CPU_BACKENDS:
+        if name not in _CPU_FALLBACK_LOGGED:
+            _CPU_FALLBACK_LOGGED.add(name)
+            logger.warning(
+                "--model.attention_backend %s has no kernel on %s; using auto (PyTorch's choice) there",
+                name,
+                device.type,
+            )
+        name = "auto"
+    if name == "auto":
+        return contextlib.nullcontext()
+    table = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel([table[name]])
 
 
 class _AllGatherSeq(torch.autograd.Function):
@@ -117,18 +163,32 @@ class SDPAttention(MegatronModule):
         dropout = self.attention_dropout if self.training else 0.0
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        if self.cp_group is not None:
-            if attention_mask is not None or not causal:
-                raise NotImplementedError("context parallel attention supports only the implicit causal mask")
-            out = self._cp_causal(q, key, value, dropout)
-        else:
-            out = self._local(q, k, v, attention_mask, causal, dropout)
+        backend = self.backend
+        with sdpa_backend_context(backend, q.device):
+            if self.cp_group is not None:
+                if attention_mask is not None or not causal:
+                    raise NotImplementedError(
+                        "context parallel attention supports only the implicit causal mask"
+                    )
+                out = self._cp_causal(q, key, value, dropout)
+            else:
+                out = self._local(q, k, v, attention_mask, causal, dropout, backend)
         sq, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
 
-    def _local(self, q, k, v, attention_mask, causal: bool, dropout: float) -> torch.Tensor:
+    @property
+    def backend(self) -> str:
+        """The SDPA backend asked for on the TransformerConfig (read per call: the engine may set it late)."""
+        return check_sdpa_backend(getattr(self.config, "ep_sdpa_backend", "auto") or "auto")
+
+    def _local(
+        self, q, k, v, attention_mask, causal: bool, dropout: float, backend: str = "auto"
+    ) -> torch.Tensor:
         gqa = q.shape[1] != k.shape[1]
-        if gqa and q.is_cuda and (q.dtype == torch.float32 or attention_mask is not None):
+        expand = q.is_cuda and (
+            q.dtype == torch.float32 or attention_mask is not None or backend == "efficient"
+        )
+        if gqa and expand:
             # Flash / cuDNN (the GQA-capable kernels) take neither fp32 nor explicit masks, and the
             # memory-efficient kernel has no GQA: expand K/V rather than fall back to the s x s math kernel.
             rep = q.shape[1] // k.shape[1]

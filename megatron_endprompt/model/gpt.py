@@ -5,6 +5,11 @@
 `position_ids` of every sample (see `rope.py`) and hands them to the decoder, where megatron's unfused RoPE
 applies them per sample and per token. YaRN's attention factor reaches the attention through megatron's own
 `yarn_*` TransformerConfig attributes (it multiplies cos/sin, as in HF).
+
+Performance knobs travel as extra attributes on the TransformerConfig (set by `to_transformer_config`'s
+`sdpa_backend`, `rope_fusion` and `ce_chunk_size` arguments, or later by the engine): `ep_sdpa_backend` (read by
+`attention.SDPAttention`), `ep_rope_fusion` (read by `rope_fused.dispatch`) and `ep_ce_chunk_size` (read here:
+with labels, the output layer and the cross entropy run in chunks, see `chunked_ce.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_endprompt.model import rope_fused
+from megatron_endprompt.model.attention import check_sdpa_backend
+from megatron_endprompt.model.chunked_ce import chunked_cross_entropy
 from megatron_endprompt.model.config import ModelConfig
 from megatron_endprompt.model.rope import inv_freq_and_scaling, rope_freqs
 from megatron_endprompt.model.specs import block_spec
@@ -54,6 +62,30 @@ def _yarn_config_attrs(cfg: ModelConfig, attention_scaling: float) -> dict:
             "yarn_mscale_all_dim": 0.0}  # fmt: skip
 
 
+def set_performance_options(
+    config: TransformerConfig,
+    *,
+    sdpa_backend: str = "auto",
+    rope_fusion: str = "auto",
+    ce_chunk_size: int = 0,
+) -> TransformerConfig:
+    """Store the performance knobs on `config` (validated; errors name the --model flag); returns config.
+
+    sdpa_backend: auto|cudnn|flash|efficient|math (local spec's SDPA attention). rope_fusion: auto|none|triton|
+    compile. ce_chunk_size: tokens per chunk of the chunked output layer + cross entropy; 0 = off.
+    """
+    check_sdpa_backend(sdpa_backend)
+    rope_fused.check_rope_fusion(rope_fusion)
+    if ce_chunk_size is None or ce_chunk_size < 0:
+        raise ValueError(f"--model.ce_chunk_size must be >= 0 (0 = off), got {ce_chunk_size}")
+    config.ep_sdpa_backend = sdpa_backend
+    config.ep_rope_fusion = rope_fusion
+    config.ep_ce_chunk_size = int(ce_chunk_size)
+    if rope_fusion not in ("auto", "none"):
+        rope_fused.install()
+    return config
+
+
 def to_transformer_config(
     cfg: ModelConfig,
     *,
@@ -67,11 +99,15 @@ def to_transformer_config(
     sequence_parallel: bool = False,
     recompute: str | None = None,
     recompute_num_layers: int = 1,
+    sdpa_backend: str = "auto",
+    rope_fusion: str = "auto",
+    ce_chunk_size: int = 0,
     **overrides,
 ) -> TransformerConfig:
     """Megatron TransformerConfig for `cfg`; parallel sizes default to the initialised parallel_state.
 
     recompute: None, "full" (uniform, `recompute_num_layers` per chunk) or "selective" (core attention).
+    sdpa_backend / rope_fusion / ce_chunk_size: see `set_performance_options`.
     Extra keyword arguments are passed to TransformerConfig unchanged.
     """
     from megatron.core import parallel_state
@@ -129,7 +165,9 @@ def to_transformer_config(
     _, attention_scaling = inv_freq_and_scaling(cfg)
     for name, value in _yarn_config_attrs(cfg, attention_scaling).items():
         setattr(config, name, value)
-    return config
+    return set_performance_options(
+        config, sdpa_backend=sdpa_backend, rope_fusion=rope_fusion, ce_chunk_size=ce_chunk_size
+    )
 
 
 class EndPromptGPTModel(GPTModel):
@@ -187,6 +225,35 @@ class EndPromptGPTModel(GPTModel):
             position_ids, self.inv_freq(position_ids.device), self.config_ep.max_position_embeddings
         )
         return (out[0], freqs, *out[2:])
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        """Upstream postprocessing, except that the training loss may run in chunks (`ep_ce_chunk_size`)."""
+        chunk = getattr(self.config, "ep_ce_chunk_size", 0)
+        if labels is None or not chunk or not self.post_process or self.config.mtp_num_layers is not None:
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        return self._chunked_loss(hidden_states, labels, chunk)
+
+    def _chunked_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Per-token CE [b, s] of the output layer applied to `hidden_states` [s(/TP), b, h], in chunks."""
+        from megatron.core import parallel_state, tensor_parallel
+
+        layer = self.output_layer
+        weight = (
+            self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        )
+        weight = layer.weight if weight is None else weight
+        # Same input-side TP regions as ColumnParallelLinear: the backward all-reduces (or reduce-scatters)
+        # this shard's partial input gradient.
+        if layer.sequence_parallel:
+            x = tensor_parallel.gather_from_sequence_parallel_region(hidden_states)
+        else:
+            x = tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states)
+        s, b, h = x.shape
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        vocab_start = parallel_state.get_tensor_model_parallel_rank() * weight.shape[0]
+        flat_labels = labels.transpose(0, 1).reshape(s * b)  # [b, s] -> token order of x ([s, b])
+        loss = chunked_cross_entropy(x.reshape(s * b, h), weight, flat_labels, chunk, tp_group, vocab_start)
+        return loss.view(s, b).transpose(0, 1).contiguous()
 
     def forward(self, input_ids, position_ids, attention_mask=None, labels=None, **kwargs):
         """logits [b, s, padded_vocab / TP] when labels is None, else per-token loss [b, s]."""
