@@ -41,6 +41,22 @@ class ModelSection:
     """ModelConfig fields replacing the base config's; `rope_scaling` is merged key by key."""
     use_te: bool | None = None
     """Transformer Engine layer spec: True requires it, False uses the local spec + SDPA attention, None = auto."""
+    attention_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
+    """SDPA kernel of the local spec's attention (`auto`: PyTorch chooses; see docs/performance.md). On CPU,
+    `cudnn` / `efficient` fall back to `auto` with a logged note. No effect on Transformer Engine layers."""
+    rope_fusion: Literal["auto", "none", "triton", "compile"] = "auto"
+    """Per-token RoPE application: `none` (megatron's unfused ops), `triton` (one fused kernel, CUDA), `compile`
+    (torch.compile of the unfused maths); `auto` = `none` until the fused kernel is verified on a GPU."""
+    ce_chunk_size: int = 0
+    """Tokens per chunk of the chunked output layer + cross entropy (the [tokens, vocab] fp32 logits are never
+    materialised; backward recomputes each chunk); 0 = off (megatron's vocab-parallel CE). E.g. 4096 for 128K
+    vocabularies."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ce_chunk_size, int) or self.ce_chunk_size < 0:
+            raise ValueError(
+                f"--model.ce_chunk_size must be an integer >= 0 (0 = off), got {self.ce_chunk_size!r}"
+            )
 
 
 @dataclass

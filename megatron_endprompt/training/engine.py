@@ -78,6 +78,7 @@ class Engine:
         engine_build.check_layout(cfg)
         self.model = engine_build.build_chunks(cfg, self.model_config, self.device)
         """This rank's model chunks in megatron DDP (several with a virtual pipeline)."""
+        _apply_performance_options(cfg, self.model)
         self.optimizer = engine_build.build_optimizer(cfg, self.model)
         engine_build.wire_schedule_hooks(cfg, self.model, self.optimizer)
         self.iteration = 0
@@ -239,6 +240,27 @@ class Engine:
     def unwrapped_model(self) -> list[torch.nn.Module]:
         """The EndPromptGPTModel chunks without their DDP wrappers."""
         return [chunk.module for chunk in self.model]
+
+
+def _apply_performance_options(cfg: TrainConfig, chunks: list) -> None:
+    """`--model.attention_backend / rope_fusion / ce_chunk_size` onto the (shared) TransformerConfig.
+
+    The chunked cross entropy replaces the logits + vocab-parallel CE of the last stage; the per-token CE it
+    returns goes through the same `_loss_func`, so the objective and its gradients are unchanged.
+    """
+    from megatron_endprompt.model import rope_fused
+    from megatron_endprompt.model.gpt import set_performance_options
+
+    m = cfg.model
+    if m.rope_fusion == "triton" and not rope_fused.triton_available():
+        raise ValueError("--model.rope_fusion triton needs CUDA and Triton; use none, compile or auto")
+    for chunk in chunks:
+        set_performance_options(
+            chunk.module.config,
+            sdpa_backend=m.attention_backend,
+            rope_fusion=m.rope_fusion,
+            ce_chunk_size=m.ce_chunk_size,
+        )
 
 
 def _loss_func(batch: dict[str, torch.Tensor], weight_total: float, per_token_ce: torch.Tensor):

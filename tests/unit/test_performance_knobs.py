@@ -190,3 +190,49 @@ def test_rope_fusion_dispatch_in_model_and_cpu_defaults(monkeypatch):
     assert rope_fused.resolve_rope_fusion("auto", torch.device("cpu")) == "none"
     with pytest.raises(ValueError, match="--model.rope_fusion triton"):
         rope_fused.resolve_rope_fusion("triton", torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------ engine wiring
+
+
+def _engine(**model_options):
+    from megatron_endprompt.training.config import from_dict
+    from megatron_endprompt.training.engine import Engine
+
+    cfg = from_dict(
+        {
+            "model": {"preset": "tiny", **model_options},
+            "precision": {"dtype": "fp32"},
+            "optimizer": {"lr": 1e-3, "warmup_steps": 0},
+            "data": {"seq_length": S, "micro_batch_size": B, "global_batch_size": 2 * B, "mock": True},
+            "training": {"train_steps": 10},
+        }
+    )
+    cfg.validate(1, check_environment=False)
+    torch.manual_seed(0)
+    return Engine(cfg)
+
+
+def test_engine_step_with_chunked_ce_equals_default():
+    tokens, labels = _batch(512)
+    weights = torch.ones(B, S)
+    weights[:, -8:] = 0.1
+    mb = {"tokens": tokens, "labels": labels, "loss_weights": weights, "position_ids": _positions()}
+    mbs = [mb, {**mb, "tokens": labels, "labels": tokens}]
+    ref_engine, engine = _engine(), _engine(ce_chunk_size=16, attention_backend="math")
+    config = engine.unwrapped_model()[0].config
+    assert (config.ep_ce_chunk_size, config.ep_sdpa_backend) == (16, "math")
+    for _ in range(2):
+        ref, got = ref_engine.train_step(mbs), engine.train_step(mbs)
+        assert got.loss == pytest.approx(ref.loss, rel=1e-6, abs=1e-6)
+        assert got.grad_norm == pytest.approx(ref.grad_norm, rel=1e-5)
+    for (name, p), (_, q) in zip(
+        engine.unwrapped_model()[0].named_parameters(),
+        ref_engine.unwrapped_model()[0].named_parameters(),
+        strict=True,
+    ):
+        # Adam normalises each gradient element, so float32 rounding of near-zero gradients (~1e-7) can move a
+        # weight by up to ~1e-6 after two steps of lr 1e-3 (one full update is 1e-3).
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="--model.rope_fusion triton"):
+        _engine(rope_fusion="triton")
