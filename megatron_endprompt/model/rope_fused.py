@@ -39,9 +39,17 @@ def check_rope_fusion(name: str, flag: str = "--model.rope_fusion") -> str:
     return name
 
 
+@functools.cache
 def triton_available() -> bool:
-    """True when CUDA is present and Triton is importable."""
-    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+    """True when CUDA is present and our Triton kernel module imports (Triton with libdevice)."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import megatron_endprompt.model.rope_triton  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any import problem means "not available"
+        logger.warning("--model.rope_fusion triton unavailable: %s", err)
+        return False
+    return True
 
 
 def resolve_rope_fusion(name: str, device: torch.device) -> str:
@@ -52,7 +60,7 @@ def resolve_rope_fusion(name: str, device: torch.device) -> str:
     if name == "triton" and (device.type != "cuda" or not triton_available()):
         raise ValueError(
             f"--model.rope_fusion triton needs CUDA and Triton (tensor on {device.type}, "
-            f"triton importable: {importlib.util.find_spec('triton') is not None}); use none or compile"
+            f"kernel available: {triton_available()}); use none or compile"
         )
     return name
 

@@ -13,6 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.0
+    from triton.language.extra import libdevice
+except ImportError:  # pragma: no cover - older layouts
+    from triton.language.extra.cuda import libdevice
+
 
 @triton.jit
 def _rope_rotate_kernel(
@@ -32,8 +37,10 @@ def _rope_rotate_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HALF
     ang = tl.load(ang_ptr + row * HALF + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    cos = tl.cos(ang) * mscale
-    sin = tl.sin(ang) * mscale * sign
+    # libdevice's cosf/sinf reduce the argument exactly, like torch.cos; tl.cos may lower to the approximate
+    # PTX instruction, which is inaccurate far from zero (angles reach 65535 rad here).
+    cos = libdevice.cos(ang) * mscale
+    sin = libdevice.sin(ang) * mscale * sign
     base = row * n_heads * (2 * HALF) + offs_h[:, None] * (2 * HALF) + offs_d[None, :]
     mask = (offs_h[:, None] < n_heads) & mask_d[None, :]
     x1 = tl.load(x_ptr + base, mask=mask, other=0.0).to(tl.float32)
