@@ -7,7 +7,14 @@ step time, tokens/s, peak memory and MFU. Cases (default set, Llama-3-8B layer s
 - `full64k_b1`: contiguous 65536-token samples (full-length fine-tuning), batch 1;
 - `contig8k_b1` vs `upstream8k_b1`: our per-token RoPE on contiguous positions vs megatron's own RoPE;
 - `ref_*`: the same shapes with `benchmarks/reference_llama.py`;
-- `*_cudnn` / `*_flash`: the SDPA backend forced to cuDNN or flash attention (default lets PyTorch choose).
+- `*_cudnn` / `*_flash`: the SDPA backend forced to cuDNN or flash attention (default lets PyTorch choose);
+- `*_ce`: chunked output layer + cross entropy (`--model.ce_chunk_size`, `--ce-chunk` tokens a chunk);
+- `*_rope_triton` / `*_rope_compile`: fused per-token RoPE (`--model.rope_fusion`) vs the unfused default;
+- `*_fast`: cuDNN attention + Triton RoPE + chunked CE together (our fastest configuration, if it works).
+
+Each case also reports `act_gib`: memory held after the forward pass minus memory before it (the activations
+saved for backward, incl. the logits), measured on the last timed step. The "Targets" table compares cases
+against the issue's targets (per-token RoPE overhead, ours vs reference at 8K, MFU at 64K, activation ratio).
 
 MFU = tokens/s * F / peak, with F = 6 N + 6 L d_attn s FLOPs per token (`megatron_endprompt.training.flops`:
 N = every matmul weight incl. the LM head, excluding the embedding lookup; s = PHYSICAL length, so EndPrompt
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -66,6 +74,10 @@ class Case:
     """T for endprompt positions."""
     backend: str = "default"
     """SDPA backend forced for the step (`default` lets PyTorch choose)."""
+    ce_chunk: int = 0
+    """Chunked cross entropy: tokens per chunk (0 = megatron's vocab-parallel CE on full logits). Ours only."""
+    rope_fusion: str = "auto"
+    """`--model.rope_fusion` for our model (`auto` = unfused)."""
 
 
 @dataclass
@@ -83,7 +95,7 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def default_cases(p: int, t: int, cue: int = 8) -> list[Case]:
+def default_cases(p: int, t: int, cue: int = 8, ce_chunk: int = 2048) -> list[Case]:
     """The case list of the module docstring for physical length p and target t."""
     ep = {"scheme": "endprompt", "target_length": t}
     cases = [
@@ -102,6 +114,16 @@ def default_cases(p: int, t: int, cue: int = 8) -> list[Case]:
             Case(f"ep8k_b1_{backend}", "ours", p, 1, backend=backend, **ep),
             Case(f"full64k_b1_{backend}", "ours", t, 1, backend=backend),
         ]
+    cases += [
+        Case("ep8k_b1_ce", "ours", p, 1, ce_chunk=ce_chunk, **ep),
+        Case("full64k_b1_ce", "ours", t, 1, ce_chunk=ce_chunk),
+        Case("ep8k_b1_rope_triton", "ours", p, 1, rope_fusion="triton", **ep),
+        Case("contig8k_b1_rope_triton", "ours", p, 1, rope_fusion="triton"),
+        Case("ep8k_b1_rope_compile", "ours", p, 1, rope_fusion="compile", **ep),
+        Case("ep8k_b1_fast", "ours", p, 1, backend="cudnn", ce_chunk=ce_chunk, rope_fusion="triton", **ep),
+        Case("ep8k_b8_fast", "ours", p, 8, backend="cudnn", ce_chunk=ce_chunk, rope_fusion="triton", **ep),
+        Case("full64k_b1_fast", "ours", t, 1, backend="cudnn", ce_chunk=ce_chunk, rope_fusion="triton"),
+    ]
     return cases
 
 
@@ -121,8 +143,15 @@ def batch_for(case: Case, vocab: int, device: torch.device, cue: int = 8) -> dic
     }
 
 
-def build(impl: str, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, use_te: bool | None):
-    """The model and a `loss_fn(model, batch) -> scalar` for one implementation."""
+def build(
+    impl: str,
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    use_te: bool | None,
+    case: Case | None = None,
+):
+    """The model and a `loss_fn(model, batch) -> scalar` for one implementation (knobs from `case`, ours only)."""
     if impl == "reference":
         with torch.device(device):  # initialise on the GPU: building 2B parameters on the CPU takes minutes
             model = ReferenceLlama(cfg).to(dtype=dtype)
@@ -142,6 +171,15 @@ def build(impl: str, cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
         raise ValueError(f"--impl: unknown implementation {impl!r}; choose from {IMPLS}")
     # The local spec builds norms in fp32 and may leave them on the CPU: cast and move everything.
     model = model.to(device=device, dtype=dtype)
+    if impl == "ours" and case is not None:
+        from megatron_endprompt.model.gpt import set_performance_options
+
+        set_performance_options(
+            model.config,
+            sdpa_backend="auto" if case.backend == "default" else case.backend,
+            rope_fusion=case.rope_fusion,
+            ce_chunk_size=case.ce_chunk,
+        )
 
     def mcore_loss(m, b):
         return m(b["tokens"], b["position_ids"], None, labels=b["labels"]).float().mean()
@@ -185,6 +223,10 @@ def sdpa_backend(name: str):
     if name not in table:
         raise ValueError(f"--backend: unknown SDPA backend {name!r}; choose from {BACKENDS}")
     return sdpa_kernel([table[name]])
+
+
+def _allocated(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
 def _sync(device: torch.device) -> None:
@@ -242,22 +284,27 @@ def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: tor
         if case.impl == "engine":
             times, loss = _time_engine(case, cfg, args, device)
             return _summarise(case, cfg, args, device, times, loss)
-        model, loss_fn = build(case.impl, cfg, dtype, device, args.use_te)
+        model, loss_fn = build(case.impl, cfg, dtype, device, args.use_te, case)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         batch = batch_for(case, cfg.vocab_size, device)
-        times, loss = [], None
+        times, loss, act = [], None, None
         for step in range(args.warmup + args.steps):
             _sync(device)
             start = time.perf_counter()
+            before = _allocated(device)
             with sdpa_backend(case.backend):
                 loss = loss_fn(model, batch)
+                if before is not None:
+                    act = _allocated(device) - before  # what the forward pass keeps for backward
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             _sync(device)
             if step >= args.warmup:
                 times.append(time.perf_counter() - start)
-        return _summarise(case, cfg, args, device, times, float(loss))
+        result = _summarise(case, cfg, args, device, times, float(loss))
+        result.extra["act_gib"] = round(act / 2**30, 3) if act is not None else None
+        return result
     except torch.OutOfMemoryError:
         return Result(case, status="oom")
     except (RuntimeError, ValueError) as err:  # e.g. a backend without a kernel for this shape
@@ -290,19 +337,74 @@ def _summarise(case, cfg, args, device, times: list[float], loss: float) -> Resu
 
 
 def smoke_cases() -> list[Case]:
-    """Every case kind at toy sizes (CPU, seconds)."""
+    """Every case kind that runs on CPU at toy sizes (seconds): no forced GPU backend, no fused RoPE."""
     return [
-        Case(
-            c.name,
-            c.impl,
-            64 if c.seq_length == 8192 else 256,
-            min(c.batch, 2),
-            c.scheme,
-            256 if c.target_length else 0,
+        dataclasses.replace(
+            c,
+            seq_length=64 if c.seq_length == 8192 else 256,
+            batch=min(c.batch, 2),
+            target_length=256 if c.target_length else 0,
+            ce_chunk=16 if c.ce_chunk else 0,
         )
         for c in default_cases(8192, 65536)
-        if c.backend == "default"
+        if c.backend == "default" and c.rope_fusion == "auto"
     ]
+
+
+def _by_name(results: list[Result]) -> dict[str, Result]:
+    return {r.case.name: r for r in results if r.status == "ok"}
+
+
+def _ratio_row(name: str, num: float | None, den: float | None, target: str, ok) -> dict:
+    value = num / den if num is not None and den else None
+    verdict = "n/a" if value is None else ("met" if ok(value) else "missed")
+    return {
+        "target": name,
+        "value": None if value is None else round(value, 4),
+        "goal": target,
+        "verdict": verdict,
+    }
+
+
+def targets(results: list[Result]) -> list[dict]:
+    """The issue's targets, computed from the measured cases (`n/a` when a case is missing or failed)."""
+    r = _by_name(results)
+
+    def get(name: str, attr: str):
+        res = r.get(name)
+        if res is None:
+            return None
+        return res.extra.get(attr) if attr == "act_gib" else getattr(res, attr)
+
+    def best(prefix: str, attr: str) -> tuple[str | None, float | None]:
+        pairs = [(n, get(n, attr)) for n in r if n == prefix or n.startswith(prefix + "_")]
+        pairs = [(n, v) for n, v in pairs if v is not None]
+        return max(pairs, key=lambda nv: nv[1]) if pairs else (None, None)
+
+    rows = [
+        _ratio_row("per-token RoPE step time / megatron contiguous RoPE (contig8k_b1 / upstream8k_b1)",
+                   get("contig8k_b1", "step_ms"), get("upstream8k_b1", "step_ms"), "<= 1.02", lambda v: v <= 1.02),
+        _ratio_row("fused per-token RoPE / megatron contiguous RoPE (contig8k_b1_rope_triton / upstream8k_b1)",
+                   get("contig8k_b1_rope_triton", "step_ms"), get("upstream8k_b1", "step_ms"), "<= 1.02",
+                   lambda v: v <= 1.02),
+        _ratio_row("EndPrompt positions / contiguous positions (ep8k_b1 / contig8k_b1 step time)",
+                   get("ep8k_b1", "step_ms"), get("contig8k_b1", "step_ms"), "<= 1.02", lambda v: v <= 1.02),
+        _ratio_row("ours (default) / reference tokens/s at 8K (ep8k_b1 / ref_ep8k_b1)",
+                   get("ep8k_b1", "tokens_per_s"), get("ref_ep8k_b1", "tokens_per_s"), ">= 1.05",
+                   lambda v: v >= 1.05),
+    ]  # fmt: skip
+    name, tok = best("ep8k_b1", "tokens_per_s")
+    rows.append(_ratio_row(f"ours (best: {name}) / reference tokens/s at 8K", tok,
+                           get("ref_ep8k_b1", "tokens_per_s"), ">= 1.05", lambda v: v >= 1.05))  # fmt: skip
+    name64, mfu64 = best("full64k_b1", "mfu")
+    name8, mfu8 = best("ep8k_b1", "mfu")
+    rows.append(_ratio_row(f"MFU at 64K / MFU at 8K (best: {name64} / {name8})", mfu64, mfu8, ">= 1.0",
+                           lambda v: v >= 1.0))  # fmt: skip
+    for suffix in ("", "_ce", "_fast"):
+        rows.append(_ratio_row(f"activation memory 8K / 64K (ep8k_b1{suffix} / full64k_b1{suffix})",
+                               get(f"ep8k_b1{suffix}", "act_gib"), get(f"full64k_b1{suffix}", "act_gib"),
+                               "<= 0.15", lambda v: v <= 0.15))  # fmt: skip
+    return rows
 
 
 def to_markdown(results: list[Result], meta: dict) -> str:
@@ -315,10 +417,9 @@ def to_markdown(results: list[Result], meta: dict) -> str:
         "MFU = tokens/s x (6N + 6 L d_attn s) / peak; N = matmul weights incl. LM head, excl. embedding; "
         "s = physical length.",
         "",
-        "| case | impl | P (physical) | batch | positions | SDPA | status | step ms | tokens/s | TFLOP/s "
-        "| MFU "
-        "| peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | impl | P (physical) | batch | positions | SDPA | CE chunk | RoPE | status | step ms | tokens/s "
+        "| TFLOP/s | MFU | peak GiB | act GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.case
@@ -331,14 +432,23 @@ def to_markdown(results: list[Result], meta: dict) -> str:
             c.batch,
             pos,
             c.backend,
+            c.ce_chunk or "off",
+            c.rope_fusion,
             r.status,
             r.step_ms,
             r.tokens_per_s,
             r.tflops_per_s,
             mfu,
             r.peak_gib,
+            r.extra.get("act_gib"),
         ]
         lines.append("| " + " | ".join("" if v is None else str(v) for v in cells) + " |")
+    note = " CPU smoke run: the timings are noise and the verdicts mean nothing." if meta.get("smoke") else ""
+    lines += ["", "## Targets (computed from the cases above)", "", "Not a verdict on anything unmeasured." + note, "", "| target | value | goal | verdict |",
+              "|---|---|---|---|"]  # fmt: skip
+    for row in targets(results):
+        value = "" if row["value"] is None else row["value"]
+        lines.append(f"| {row['target']} | {value} | {row['goal']} | {row['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -355,6 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--target-length", type=int, default=65536, help="target length T (also the full-length case)"
     )
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--ce-chunk", type=int, default=2048, help="tokens per chunk in the *_ce / *_fast cases")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
@@ -384,7 +495,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         cfg = get_preset(args.model).replace(
             num_layers=args.layers, max_position_embeddings=args.target_length
         )
-        cases = default_cases(args.seq_length, args.target_length)
+        cases = default_cases(args.seq_length, args.target_length, ce_chunk=args.ce_chunk)
     if args.cases:
         wanted = set(args.cases.split(","))
         unknown = wanted - {c.name for c in cases}
@@ -394,20 +505,36 @@ def main(argv: list[str] | None = None) -> list[Result]:
     from megatron_endprompt.parallel import initialize
 
     initialize(tp=1, pp=1, cp=1, seed=1234)
+    meta = _meta(args, cfg, device)
     results = []
     for case in cases:
         result = run_case(case, cfg, args, device)
         logger.info(
-            "%-18s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB",
+            "%-24s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB act=%s GiB",
             case.name,
             result.status,
             result.step_ms,
             result.tokens_per_s,
             result.mfu,
             result.peak_gib,
+            result.extra.get("act_gib"),
         )
         results.append(result)
-    meta = {
+        write_results(args.out, results, meta)  # after every case: a timeout keeps what was measured
+    print(to_markdown(results, meta))
+    return results
+
+
+def write_results(out: Path, results: list[Result], meta: dict) -> None:
+    """results.json (cases + targets) and results.md in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "results": [asdict(r) for r in results], "targets": targets(results)}
+    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    (out / "results.md").write_text(to_markdown(results, meta))
+
+
+def _meta(args: argparse.Namespace, cfg: ModelConfig, device: torch.device) -> dict:
+    return {
         "model": args.model if not args.smoke else "tiny",
         "layers": cfg.num_layers,
         "dtype": args.dtype,
@@ -418,14 +545,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "steps": args.steps,
         "warmup": args.warmup,
         "model_config": cfg.to_dict(),
+        "ce_chunk": args.ce_chunk,
+        "smoke": bool(args.smoke),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(
-        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1)
-    )
-    (args.out / "results.md").write_text(to_markdown(results, meta))
-    print(to_markdown(results, meta))
-    return results
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from megatron_endprompt.model.config import get_preset
 from megatron_endprompt.training import flops
 
@@ -34,3 +36,8 @@ def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
     ep = results["ep8k_b1"]
     assert ep["extra"]["flops_per_token"] == flops.flops_per_token(cfg, ep["case"]["seq_length"])
     assert "| ep8k_b1 | ours |" in (tmp_path / "results.md").read_text()
+    # The chunked cross-entropy cases run on CPU too, and the targets table is computed from the cases.
+    assert results["ep8k_b1_ce"]["case"]["ce_chunk"] > 0 and results["full64k_b1_ce"]["status"] == "ok"
+    rows = {row["target"]: row for row in data["targets"]}
+    ratio = rows["EndPrompt positions / contiguous positions (ep8k_b1 / contig8k_b1 step time)"]["value"]
+    assert ratio == pytest.approx(results["ep8k_b1"]["step_ms"] / results["contig8k_b1"]["step_ms"], rel=1e-3)
