@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# One prepared GPU check for a short session on a CUDA machine (about 6-8 minutes on one H100/H200).
+# One prepared GPU check for a short session on a CUDA machine (at most 8 minutes on one H100/H200: the step
+# time limits below add up to 480 s; results are written as they come, so a timeout keeps what was measured).
 #
 #   OUT=/path/to/results bash benchmarks/gpu_check.sh           # on the GPU machine, from the repo root
 #   GPU_CHECK_SMOKE=1 OUT=/tmp/gc bash benchmarks/gpu_check.sh  # CPU rehearsal: same wiring, tiny sizes
 #
 # Steps (each under its own timeout; a failing step is recorded and the next one still runs):
-#   1. environment: GPU, driver, torch / CUDA / cuDNN versions, SDPA backends available
+#   1. environment: GPU, driver, torch / CUDA / cuDNN / Triton versions, SDPA backends available
 #   2. missing packages installed offline from ./.whl (see benchmarks/prepare_gpu_wheels.sh)
-#   3. GPU tests (pytest -m gpu): bf16 parity of our model vs HF transformers with EndPrompt positions up to 64K
-#      under the default / cuDNN / flash / math SDPA backends, fp32 parity, the reference model's parity
-#   4. throughput table (benchmarks/train_throughput.py): EndPrompt P=8K batch 1 and 8 vs full 64K batch 1,
-#      per-token vs upstream contiguous RoPE, cuDNN vs flash, ours vs the plain-PyTorch reference
-#   5. the training CLI on CUDA in bf16 (tiny recipe, mock data): loss must fall
+#   3. GPU tests (pytest -m gpu, 120 s): bf16 parity of our model vs HF transformers with EndPrompt positions up
+#      to 64K under the default / cuDNN / flash / math SDPA backends, fp32 parity, the reference model's parity,
+#      the Triton and torch.compile RoPE vs the unfused path, chunked cross entropy in bf16, forced backends
+#   4. throughput table (benchmarks/train_throughput.py, 270 s): EndPrompt P=8K vs full 64K, per-token vs
+#      megatron contiguous RoPE, fused (Triton / compile) vs unfused RoPE, cuDNN vs flash, chunked CE on/off at
+#      8K and 64K, ours vs the plain-PyTorch reference, activation memory per case, and the "Targets" table
+#   5. the training CLI on CUDA in bf16 (tiny recipe, mock data), default knobs and fast knobs (chunked CE,
+#      Triton RoPE, cuDNN attention): loss must fall in both (45 s each)
 # Everything lands in $OUT: env.json, *.log, gpu_tests.xml, throughput/results.{json,md}, summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +44,11 @@ python - >"$OUT/env.json" <<'EOF'
 import json, platform, torch
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available()}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except Exception as exc:  # noqa: BLE001 - report anything
+    info["triton"] = f"missing ({type(exc).__name__})"
 if torch.cuda.is_available():
     info.update(device=torch.cuda.get_device_name(0), capability=torch.cuda.get_device_capability(0),
                 cudnn=torch.backends.cudnn.version(),
@@ -76,12 +85,16 @@ if [ "$SMOKE" = 1 ]; then
   step throughput 120 python benchmarks/train_throughput.py --smoke --out "$OUT/throughput"
   TRAIN_DTYPE=fp32
 else
-  step gpu_tests 240 python -m pytest -q -m gpu tests/gpu --junitxml="$OUT/gpu_tests.xml"
-  step throughput 330 python benchmarks/train_throughput.py --out "$OUT/throughput" --steps 3 --warmup 1
+  step gpu_tests 120 python -m pytest -q -m gpu tests/gpu --junitxml="$OUT/gpu_tests.xml"
+  step throughput 270 python benchmarks/train_throughput.py --out "$OUT/throughput" --steps 3 --warmup 1
   TRAIN_DTYPE=bf16
 fi
-step train_cli 120 python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
+step train_cli 45 python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
   --precision.dtype "$TRAIN_DTYPE" --training.train_steps 40 --checkpoint.save "$OUT/train_cli_run"
+if [ "$SMOKE" = 1 ]; then FAST_ROPE=none; FAST_SDPA=math; else FAST_ROPE=triton; FAST_SDPA=cudnn; fi
+step train_cli_fast 45 python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
+  --precision.dtype "$TRAIN_DTYPE" --training.train_steps 40 --checkpoint.save "$OUT/train_cli_fast_run" \
+  --model.use_te false --model.ce_chunk_size 64 --model.rope_fusion "$FAST_ROPE" --model.attention_backend "$FAST_SDPA"
 
 # ---- summary
 {
@@ -93,7 +106,7 @@ step train_cli 120 python -m megatron_endprompt.train --config examples/tiny_cpu
   echo
   echo "| step | status |"
   echo "|---|---|"
-  for name in gpu_tests throughput train_cli; do echo "| $name | ${STATUS[$name]:-not run} |"; done
+  for name in gpu_tests throughput train_cli train_cli_fast; do echo "| $name | ${STATUS[$name]:-not run} |"; done
   echo
   [ -f "$OUT/throughput/results.md" ] && cat "$OUT/throughput/results.md"
   echo
@@ -103,7 +116,10 @@ step train_cli 120 python -m megatron_endprompt.train --config examples/tiny_cpu
   echo '```'
   echo "## training CLI loss (first and last logged)"
   echo '```'
-  { head -n 1 "$OUT/train_cli_run/metrics.jsonl"; tail -n 1 "$OUT/train_cli_run/metrics.jsonl"; } 2>/dev/null
+  for run in train_cli_run train_cli_fast_run; do
+    echo "$run:"
+    { head -n 1 "$OUT/$run/metrics.jsonl"; tail -n 1 "$OUT/$run/metrics.jsonl"; } 2>/dev/null
+  done
   echo '```'
 } >"$OUT/summary.md"
 echo "wrote $OUT/summary.md (${SECONDS}s)"

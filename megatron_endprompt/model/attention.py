@@ -32,6 +32,14 @@ SDPA_BACKENDS: tuple[str, ...] = ("auto", "cudnn", "flash", "efficient", "math")
 """Values of `--model.attention_backend`."""
 _CPU_BACKENDS = ("auto", "math", "flash")
 _CPU_FALLBACK_LOGGED: set[str] = set()
+_NO_GQA_KERNEL: set[str] = set()
+"""Pinned backends found to lack a GQA kernel in this process (K/V are expanded for them)."""
+
+
+def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Repeat K/V heads [b, g, s, d] to q's head count; returns (k, v, gqa=False)."""
+    rep = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
 
 
 def check_sdpa_backend(name: str, flag: str = "--model.attention_backend") -> str:
@@ -185,14 +193,26 @@ class SDPAttention(MegatronModule):
         self, q, k, v, attention_mask, causal: bool, dropout: float, backend: str = "auto"
     ) -> torch.Tensor:
         gqa = q.shape[1] != k.shape[1]
-        expand = q.is_cuda and (
-            q.dtype == torch.float32 or attention_mask is not None or backend == "efficient"
+        expand = backend in _NO_GQA_KERNEL or (
+            q.is_cuda and (q.dtype == torch.float32 or attention_mask is not None or backend == "efficient")
         )
         if gqa and expand:
             # Flash / cuDNN (the GQA-capable kernels) take neither fp32 nor explicit masks, and the
             # memory-efficient kernel has no GQA: expand K/V rather than fall back to the s x s math kernel.
-            rep = q.shape[1] // k.shape[1]
-            k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
+            k, v, gqa = _expand_kv(q, k, v)
+        try:
+            return self._sdpa(q, k, v, attention_mask, causal, dropout, gqa)
+        except RuntimeError as err:
+            no_kernel = "No available kernel" in str(err) or "No viable backend" in str(err)
+            if not gqa or backend == "auto" or not no_kernel:
+                raise
+            # A pinned backend without a GQA kernel in this PyTorch build: expand K/V from now on.
+            _NO_GQA_KERNEL.add(backend)
+            logger.warning("SDPA backend %s has no GQA kernel here; expanding K/V heads for it", backend)
+            k, v, _ = _expand_kv(q, k, v)
+            return self._sdpa(q, k, v, attention_mask, causal, dropout, False)
+
+    def _sdpa(self, q, k, v, attention_mask, causal: bool, dropout: float, gqa: bool) -> torch.Tensor:
         if attention_mask is not None:
             # megatron masks are True where attention is NOT allowed; SDPA wants True where it is.
             return F.scaled_dot_product_attention(

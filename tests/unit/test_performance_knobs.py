@@ -72,6 +72,31 @@ def test_attention_backend_reaches_sdpa_and_math_equals_auto(monkeypatch):
     assert torch.backends.cuda.flash_sdp_enabled()  # the context restored PyTorch's global flags
 
 
+def test_pinned_backend_without_gqa_kernel_expands_kv(monkeypatch):
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tokens, _ = _batch(cfg.vocab_size)
+    with torch.no_grad():
+        ref = model(tokens, _positions())
+    real_sdpa = F.scaled_dot_product_attention
+    gqa_calls = []
+
+    def no_gqa(*args, enable_gqa=False, **kwargs):  # a kernel set like the efficient backend's
+        gqa_calls.append(enable_gqa)
+        if enable_gqa:
+            raise RuntimeError("No available kernel. Aborting execution.")
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention_mod.F, "scaled_dot_product_attention", no_gqa)
+    monkeypatch.setattr(attention_mod, "_NO_GQA_KERNEL", set())
+    set_performance_options(model.config, sdpa_backend="math")
+    with torch.no_grad():
+        got = model(tokens, _positions())
+    assert gqa_calls == [True, False, False]  # tried once, then expanded K/V for every later call
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_backend_cpu_fallback_and_refusals(caplog):
     with caplog.at_level("WARNING"):
         ctx = attention_mod.sdpa_backend_context("cudnn", torch.device("cpu"))
