@@ -13,6 +13,7 @@ substituted flag whose README value changed, fails the test, so README and test 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -31,6 +32,7 @@ import yaml
 from tests.readme_support.readme import fenced_blocks, make_targets, make_variables, read, shell_commands
 from tests.readme_support.tiny_inputs import (
     MODEL_VOCAB,
+    SPECIAL_TOKENS,
     corpus_documents,
     write_jsonl_gz_shards,
     write_tiny_llama3,
@@ -58,10 +60,8 @@ TRAIN_OVERRIDES = [  # appended to the torchrun command: the 8B recipe trains th
     "--training.train_steps", "2",
     "--logging.log_interval", "1",
 ]  # fmt: skip
-PYTHON_BLOCK_CHECKPOINT = (
-    "runs/tiny",
-    "runs/llama3_8b_endprompt_64k",
-)  # the save root the walkthrough trained
+# The Python block loads the save root the walkthrough's training wrote instead of "runs/tiny".
+PYTHON_BLOCK_CHECKPOINT = ("runs/tiny", "runs/llama3_8b_endprompt_64k")
 # `sbatch --nodes N script args` runs as `DRY_RUN=1 SLURM_NNODES=N bash script args` (the script's dry-run mode);
 # `python` is this interpreter, `torchrun` the one installed beside it; torchrun gets a free port via PET_MASTER_PORT.
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,12 +162,16 @@ def _make_scratch_root(root: Path) -> None:
     write_tiny_llama3(root / "models" / "Meta-Llama-3-8B", documents)
 
 
+_LAUNCHER_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory) -> dict:
     """Run the README's walkthrough once; every test below checks one stage's outcome."""
     root = tmp_path_factory.mktemp("readme")
     _make_scratch_root(root)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}  # a fresh shell's view
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     outputs, seconds = {}, {}
     for step in walkthrough_steps(read(README)):
         start = time.perf_counter()
@@ -219,6 +223,21 @@ def test_every_readme_command_is_covered() -> None:
     python_blocks(read(README))
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("--seq-length 8192", "--seq-length 4096"),  # a substituted flag's README value changed
+        ("--samples 20 --out", "--out"),  # a substituted flag disappeared
+        ("```bash\n# 1.", "```bash\npython tools/new_tool.py --x 1\n# 1."),  # a command nobody runs
+    ],
+)
+def test_readme_drift_fails(edit: tuple[str, str]) -> None:
+    readme = read(README)
+    assert edit[0] in readme
+    with pytest.raises(AssertionError):
+        walkthrough_steps(readme.replace(*edit))
+
+
 def test_convert_hf_to_megatron(walkthrough) -> None:
     step, _ = _step(walkthrough, "convert")
     out = walkthrough["root"] / step.flag("--megatron-dir")
@@ -240,8 +259,8 @@ def test_build_endprompt_data(walkthrough) -> None:
     assert [c["spec"] for c in meta["cues"]] == [
         step.argv[i + 1] for i, a in enumerate(step.argv) if a == "--cue"
     ]
-    eot = meta["cues"][1]["tokens"]
-    assert len(eot) == 1  # @token:<|eot_id|> is one special token
+    assert meta["cues"][1]["tokens"] == [SPECIAL_TOKENS.index("<|eot_id|>")]  # @token: is the special token
+    assert meta["tokenizer"]["eod"] == SPECIAL_TOKENS.index("<|end_of_text|>")  # --append-eod
     P, T = int(step.flag("--seq-length")), int(step.flag("--target-length"))
     sample = load_samples(str(prefix))[0]
     assert sample["tokens"].shape == (P,)
@@ -251,6 +270,9 @@ def test_build_endprompt_data(walkthrough) -> None:
 def test_dry_run_prints_the_layout(walkthrough) -> None:
     _, out = _step(walkthrough, "dry_run")
     assert "world 8 = TP 1 x PP 1 x CP 1 x DP 8" in out and "8.03 Gparams" in out
+    assert (
+        "tokens/step" in out and "GFLOP/token" in out and "memory per GPU" in out
+    )  # what the README promises
 
 
 def test_training_wrote_checkpoint_and_metrics(walkthrough) -> None:
@@ -292,13 +314,20 @@ def test_eval_wrote_results(walkthrough) -> None:
     assert list(results["results"]) == tasks
     for per_length in results["results"].values():
         assert list(per_length) == lengths and all(0.0 <= v <= 100.0 for v in per_length.values())
-    assert (out / "results.md").is_file()
+    assert (out / "results.md").is_file() and any(out.glob("heatmap_*.png"))
 
 
 def test_python_block(walkthrough, monkeypatch) -> None:
     """The README's Python snippet on the checkpoint the walkthrough trained; its logits match the HF export."""
     from transformers import AutoModelForCausalLM
 
+    from megatron_endprompt import load_model
+
+    # the signature the README states below the block
+    stated = re.search(r"`load_model\((.*?)\)`", read(README)).group(1)
+    params = inspect.signature(load_model).parameters.values()
+    actual = [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params]
+    assert stated == ", ".join(actual)
     old, new = PYTHON_BLOCK_CHECKPOINT
     (source,) = python_blocks(read(README))
     assert f'"{old}"' in source
