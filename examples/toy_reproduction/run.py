@@ -67,6 +67,8 @@ class ToyConfig:
     """Corpus documents."""
     max_words: int = 150
     """Largest retrieval haystack in words (tasks fit in P0)."""
+    retrieval_fraction: float = 0.8
+    """Share of corpus documents that are retrieval tasks (passkey, magic numbers, recall lists)."""
     vocab_size: int = 512
     """SentencePiece vocabulary."""
     hidden_size: int = 128
@@ -79,12 +81,13 @@ class ToyConfig:
     """T = factor * P0; PI factor."""
     base_curriculum: list[int] = field(default_factory=lambda: [64, 128, 256])
     """Sequence lengths of successive base pretraining stages (the last must be P0)."""
-    base_steps: list[int] = field(default_factory=lambda: [300, 300, 600])
+    base_steps: list[int] = field(default_factory=lambda: [1500, 1500, 6000])
     """Optimizer steps of each curriculum stage."""
     base_lr: float = 3e-3
     """Peak LR of base pretraining."""
-    base_tokens_per_step: int = 4096
-    """Tokens per base step (global batch = this / stage length)."""
+    base_tokens_per_step: int = 1024
+    """Tokens per base step (global batch = this / stage length). Small batches, many steps: in our CPU
+    trials copying (induction) formed after ~1000 updates of 4 x 256 tokens, not after 1200 of 16 x 256."""
     extend_steps: int = 200
     """Optimizer steps of every extension variant (equal for all, so equal tokens)."""
     extend_tokens_per_step: int = 4096
@@ -194,6 +197,12 @@ def schemes(cfg: ToyConfig) -> dict[str, tuple]:
     return out
 
 
+def corpus_config(cfg: ToyConfig, documents: int, seed: int) -> CorpusConfig:
+    return CorpusConfig(
+        documents=documents, retrieval_fraction=cfg.retrieval_fraction, max_words=cfg.max_words, seed=seed
+    )
+
+
 def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
     """Corpus, tokenizer and every dataset (skipped when already built)."""
     from megatron_endprompt.data.builder import BuildConfig, build
@@ -201,11 +210,11 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
 
     corpus = out / "corpus" / "train.jsonl"
     if not corpus.is_file():
-        write_corpus(corpus, CorpusConfig(documents=cfg.documents, max_words=cfg.max_words, seed=0))
+        write_corpus(corpus, corpus_config(cfg, cfg.documents, seed=0))
     heldout = out / "corpus" / "heldout.jsonl"
     if not heldout.is_file():
         docs = max(200, cfg.documents // 20)
-        write_corpus(heldout, CorpusConfig(documents=docs, max_words=cfg.max_words, seed=1))
+        write_corpus(heldout, corpus_config(cfg, docs, seed=1))
     tok = out / "tokenizer" / "toy.model"
     if not tok.is_file():
         tok.parent.mkdir(parents=True, exist_ok=True)
