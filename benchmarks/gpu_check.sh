@@ -83,16 +83,16 @@ done
 if [ "$SMOKE" = 1 ]; then
   step gpu_tests 120 python -m pytest -q -m gpu tests/gpu --junitxml="$OUT/gpu_tests.xml"
   step throughput 120 python benchmarks/train_throughput.py --smoke --out "$OUT/throughput"
-  TRAIN_DTYPE=fp32
+  TRAIN_DTYPE=fp32 CLI_LIMIT=240  # a shared CPU is slow; the GPU limits below are what counts
 else
   step gpu_tests 120 python -m pytest -q -m gpu tests/gpu --junitxml="$OUT/gpu_tests.xml"
   step throughput 270 python benchmarks/train_throughput.py --out "$OUT/throughput" --steps 3 --warmup 1
-  TRAIN_DTYPE=bf16
+  TRAIN_DTYPE=bf16 CLI_LIMIT=45
 fi
-step train_cli 45 python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
+step train_cli "$CLI_LIMIT" python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
   --precision.dtype "$TRAIN_DTYPE" --training.train_steps 40 --checkpoint.save "$OUT/train_cli_run"
 if [ "$SMOKE" = 1 ]; then FAST_ROPE=none; FAST_SDPA=math; else FAST_ROPE=triton; FAST_SDPA=cudnn; fi
-step train_cli_fast 45 python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
+step train_cli_fast "$CLI_LIMIT" python -m megatron_endprompt.train --config examples/tiny_cpu.yaml \
   --precision.dtype "$TRAIN_DTYPE" --training.train_steps 40 --checkpoint.save "$OUT/train_cli_fast_run" \
   --model.use_te false --model.ce_chunk_size 64 --model.rope_fusion "$FAST_ROPE" --model.attention_backend "$FAST_SDPA"
 
