@@ -85,13 +85,13 @@ def test_chunked_ce_bf16_matches_unchunked():
     w = (0.05 * torch.randn(v, h, device=DEV, generator=g)).bfloat16().requires_grad_(True)
     labels = torch.randint(0, v, (n,), device=DEV, generator=g)
     ref = torch.nn.functional.cross_entropy((x @ w.t()).float(), labels, reduction="none")
-    ref_dx, ref_dw = torch.autograd.grad(ref.sum() / n, (x, w))
-    torch.cuda.reset_peak_memory_stats()
+    ref_dx, ref_dw = torch.autograd.grad(ref.sum(), (x, w))
     out = chunked_cross_entropy(x, w, labels, 256)
-    dx, dw = torch.autograd.grad(out.sum() / n, (x, w))
+    dx, dw = torch.autograd.grad(out.sum(), (x, w))
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(dx.float(), ref_dx.float(), rtol=2e-2, atol=1e-4)
-    torch.testing.assert_close(dw.float(), ref_dw.float(), rtol=2e-2, atol=1e-4)
+    for got, want in ((dx, ref_dx), (dw, ref_dw)):
+        scale = want.float().abs().max()
+        assert scale > 0 and (got.float() - want.float()).abs().max() / scale < 2e-2
 
 
 @pytest.mark.parametrize("backend", ["cudnn", "flash", "efficient", "math"])
