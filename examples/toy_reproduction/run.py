@@ -400,9 +400,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def score(row: dict, task: str, length: int) -> tuple[float, float]:
     """Mean and std over seeds of the task score (perplexity: ppl) at one length."""
-    if task == "perplexity":
-        return _mean_std([e["perplexity"][str(length)]["ppl"] for e in row["evals"]])
+    if task in ("perplexity", "perplexity_tail"):
+        key = "ppl" if task == "perplexity" else "tail_ppl"
+        return _mean_std([e["perplexity"][str(length)][key] for e in row["evals"]])
     return _mean_std([e["results"][task][str(length)] for e in row["evals"]])
+
+
+def report_tasks(cfg: dict) -> list[str]:
+    """Tables / panels of the report: every task, perplexity also over the last quarter of each window."""
+    out = []
+    for task in cfg["eval_tasks"]:
+        out += [task, "perplexity_tail"] if task == "perplexity" else [task]
+    return out
 
 
 def markdown(results: dict, meta: dict) -> str:
@@ -420,11 +429,22 @@ def markdown(results: dict, meta: dict) -> str:
         f"is extended {cfg['factor']}x to T = {t} (PI factor {cfg['factor']}); every variant fine-tunes on the "
         f"same general corpus for {cfg['extend_steps']} steps of {cfg['extend_tokens_per_step']} tokens. "
         f"Task scores: accuracy (%) over {len(cfg['eval_depths'])} depths x {cfg['eval_samples']} prompts; "
-        f"perplexity: {cfg['ppl_windows']} held-out windows per length (lower is better); "
+        f"perplexity: {cfg.get('ppl_windows')} held-out windows per length, whole window and its last quarter "
+        "(`perplexity_tail`; lower is better); "
         f"mean ± std over extension seeds {cfg['seeds']}. Train time includes ~10-20 s of process start-up.",
         "",
     ]
-    for task in cfg["eval_tasks"]:
+    if "passkey" in cfg["eval_tasks"]:
+        base_pk, _ = score(rows["base"], "passkey", cfg["base_length"])
+        verdict = (
+            "strong enough" if base_pk >= 95 else "NOT strong enough: retrieval columns cannot rank methods"
+        )
+        lines += [
+            f"Base model passkey accuracy at P0 = {cfg['base_length']}: {base_pk:.0f}% ({verdict}; the "
+            "comparison of retrieval up to T needs >= 95% at P0).",
+            "",
+        ]
+    for task in report_tasks(cfg):
         head = (
             "| variant | P (physical) | train FLOPs | train time (s) | "
             + " | ".join(map(str, lengths))
@@ -437,7 +457,7 @@ def markdown(results: dict, meta: dict) -> str:
             cells = []
             for n in lengths:
                 mean, std = score(row, task, n)
-                digits = 1 if task == "perplexity" else 0
+                digits = 2 if task.startswith("perplexity") else 0
                 cell = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["evals"]) > 1 else "")
                 cells.append(cell)
             lines.append(
@@ -458,9 +478,13 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     cfg, rows = results["config"], results["rows"]
-    tasks = cfg["eval_tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    tasks = report_tasks(cfg)
+    ncols = min(2, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
         for name, row in rows.items():
             stats = [score(row, task, n) for n in cfg["eval_lengths"]]
             ax.errorbar(
@@ -474,16 +498,16 @@ def plot(results: dict, path: Path) -> Path:
             )
         ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)
         ax.set_xscale("log", base=2)
-        if task == "perplexity":
+        if task.startswith("perplexity"):
             ax.set_yscale("log")
-            ax.set_ylabel("held-out perplexity")
+            ax.set_ylabel("held-out perplexity" + (" (last quarter)" if task.endswith("tail") else ""))
         else:
             ax.set_ylim(-5, 105)
             ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{task} (P0 = {cfg['base_length']}, T = {cfg['base_length'] * cfg['factor']})")
         ax.set_xlabel("prompt length (tokens)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
