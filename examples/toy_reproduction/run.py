@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-dir", type=Path, default=Path("docs/results"), help="where the .md and .png go")
     p.add_argument("--name", default="toy_reproduction", help="report file name (without suffix)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/results.json")
+    p.add_argument("--note", default=None, help="a paragraph added to the report (e.g. machine load)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_toy_config(args.config if args.config.is_file() else None, args.overrides)
@@ -562,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report_dir / f"{args.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     png = plot(results, args.report_dir / f"{args.name}.png")
-    report.write_text(markdown(results, meta) + f"\n![scores vs length]({png.name})\n")
+    note = f"\nNote: {args.note}\n" if args.note else ""
+    report.write_text(markdown(results, meta) + note + f"\n![scores vs length]({png.name})\n")
     print(report.read_text())
     return 0
 
