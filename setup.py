@@ -21,7 +21,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "hf": ["transformers>=4.45"],
+        "hf": ["transformers>=4.45", "protobuf"],  # protobuf: Llama-2 style tokenizer.model dirs
         "data": ["pyarrow", "tokenizers"],
         "plots": ["matplotlib"],
         "dev": [
@@ -29,6 +29,7 @@ setup(
             "hypothesis",
             "ruff",
             "transformers>=4.45",
+            "protobuf",
             "pyarrow",
             "tokenizers",
             "matplotlib",
