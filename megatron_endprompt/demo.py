@@ -91,9 +91,10 @@ class DemoConfig:
         }
 
 
-# FULL: one measured run with 800 base steps took 39.5 CPU-minutes (docs/results/demo_cpu.md); these sizes aim at
-# about 15 minutes on a dedicated 2-core machine (estimate). The base model does not learn retrieval at this budget;
-# held-out perplexity shows the extension (see examples/toy_reproduction/README.md for what retrieval needs).
+# FULL: one measured run with 800 base steps took 39.5 CPU-minutes (docs/results/demo_cpu.md); these sizes
+# aim at about 15 minutes on a dedicated 2-core machine (an estimate). The base model does not learn retrieval
+# at this budget; held-out perplexity shows the extension (examples/toy_reproduction/README.md: what retrieval
+# needs).
 FULL = DemoConfig(
     documents=8000,
     max_words=150,
