@@ -50,7 +50,9 @@ class RopeScaling:
         if self.type != "none" and not self.factor > 0:
             raise ValueError(f"{flag}: factor must be > 0, got {self.factor}")
         if self.type in ("yarn", "llama3") and not self.original_max_position_embeddings:
-            raise ValueError(f"{flag}: {self.type} needs original_max_position_embeddings (the base context C)")
+            raise ValueError(
+                f"{flag}: {self.type} needs original_max_position_embeddings (the base context C)"
+            )
         if self.type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
             raise ValueError(f"{flag}: llama3 needs high_freq_factor > low_freq_factor")
 
