@@ -66,6 +66,10 @@ PYTHON_BLOCK_CHECKPOINT = ("runs/tiny", "runs/llama3_8b_endprompt_64k")
 # `python` is this interpreter, `torchrun` the one installed beside it; torchrun gets a free port via PET_MASTER_PORT.
 # ----------------------------------------------------------------------------------------------------------------
 
+# `docker ...` needs a Docker daemon and a GPU, neither of which exists here: test_docker_commands checks those
+# commands statically (the Dockerfile's base image, the script the container runs) instead of running them.
+STATIC_ONLY = ("docker",)
+
 STAGES = {  # README command prefix -> stage name, in the README's order
     ("python", "tools/convert_checkpoint.py", "hf-to-megatron"): "convert",
     ("python", "tools/build_endprompt_data.py"): "build",
@@ -135,6 +139,8 @@ def walkthrough_steps(readme: str) -> list[Step]:
         for argv in shell_commands(block.body):
             if argv[0] == "make":
                 continue  # test_make_commands_exist
+            if argv[0] in STATIC_ONLY:
+                continue  # test_docker_commands
             stage = _stage_of(argv)
             run_argv, env = _as_run(stage, _substitute_flags(argv, used))
             steps.append(Step(stage, argv, run_argv, env))
@@ -214,6 +220,23 @@ def test_make_commands_exist() -> None:
     assert targets["demo-fast"].recipe == (f"{python} -m megatron_endprompt.demo --fast",)
     assert targets["test"].recipe[0].startswith(f"{python} -m pytest")
     assert "ruff check" in targets["lint"].recipe[0] and "ruff format --check" in targets["lint"].recipe[0]
+
+
+def test_docker_commands() -> None:
+    """The image builds from NGC PyTorch (TE + apex) and runs a script that exists in the repo."""
+    docker = [
+        argv
+        for b in fenced_blocks(read(README))
+        if b.language in ("bash", "sh", "shell")
+        for argv in shell_commands(b.body)
+        if argv[0] == "docker"
+    ]
+    assert [argv[1] for argv in docker] == ["build", "run"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "nvcr.io/nvidia/pytorch" in dockerfile and "pip install" in dockerfile
+    run = docker[1]
+    script = run[run.index("bash") + 1]
+    assert (REPO / script).is_file(), f"README's docker run executes {script}, which does not exist"
 
 
 def test_every_readme_command_is_covered() -> None:
