@@ -3,40 +3,20 @@ unchunked megatron path and a full-vocabulary F.cross_entropy (one 2-rank gloo l
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.distributed._launch import run_two_ranks
+
 WORKER = Path(__file__).with_name("_perf_worker.py")
 
 pytestmark = pytest.mark.distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("chunked_ce")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(WORKER), str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    for r, res in enumerate(ranks):
-        assert "error" not in res, f"rank {r}:\n{res['error']}"
-    return ranks
+    return run_two_ranks(WORKER, tmp_path_factory.mktemp("chunked_ce"), timeout=120)
 
 
 def test_vocab_parallel_function_matches_full_cross_entropy(results):
