@@ -157,7 +157,7 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs (shared with other jobs), Python {m['python']}. "
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, Python {m['python']}. "
         f"Date: {result['date']}.",
         "",
         f"Input: {result['input_bytes'] / 1e6:.1f} MB JSONL, tokenizer {result['tokenizer']} "
