@@ -157,8 +157,7 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, Python {m['python']}. "
-        f"Date: {result['date']}.",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, Python {m['python']}. Date: {result['date']}.",
         "",
         f"Input: {result['input_bytes'] / 1e6:.1f} MB JSONL, tokenizer {result['tokenizer']} "
         f"(vocab {result['vocab_size']}), scheme {args.scheme}, P={args.seq_length}, T={args.target_length}.",
