@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus
+from megatron_endprompt.model.config import small_llama_fields
 
 logger = logging.getLogger("megatron_endprompt.demo")
 
@@ -81,16 +82,12 @@ class DemoConfig:
 
     def model_overrides(self) -> dict:
         """ModelConfig fields over the `tiny` preset (head dim 32, GQA 2:1 when there are >= 2 heads)."""
-        heads = max(2, self.hidden_size // 32)
-        return {
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8,
-            "num_attention_heads": heads,
-            "num_query_groups": heads // 2,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.target_length,
-        }
+        return small_llama_fields(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.target_length,
+        )
 
 
 # FULL: small batches and many updates, because copying from context (what passkey / NIAH need) forms with the

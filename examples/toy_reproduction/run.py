@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from megatron_endprompt import demo  # noqa: E402
 from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus  # noqa: E402
+from megatron_endprompt.model.config import small_llama_fields  # noqa: E402
 
 logger = logging.getLogger("toy_reproduction")
 
@@ -138,15 +139,13 @@ class ToyConfig:
 
     def model(self, **extra) -> dict:
         """ModelConfig fields (over the `tiny` preset) of every run."""
-        heads = max(2, self.hidden_size // 32)
         return {
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "ffn_hidden_size": (self.hidden_size * 8 // 3 + 7) // 8 * 8,
-            "num_attention_heads": heads,
-            "num_query_groups": heads // 2,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.target_length,
+            **small_llama_fields(
+                num_layers=self.num_layers,
+                hidden_size=self.hidden_size,
+                vocab_size=self.vocab_size,
+                max_position_embeddings=self.target_length,
+            ),
             **extra,
         }
 

@@ -163,3 +163,22 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"--model: unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def small_llama_fields(
+    *, num_layers: int, hidden_size: int, vocab_size: int, max_position_embeddings: int
+) -> dict:
+    """ModelConfig fields of a small LLaMA for CPU experiments (demo, toy reproduction), applied over `tiny`.
+
+    Head dimension 32, GQA 2:1 (at least 2 heads), SwiGLU width 8/3 d rounded up to a multiple of 8 (LLaMA's rule).
+    """
+    heads = max(2, hidden_size // 32)
+    return {
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "ffn_hidden_size": (hidden_size * 8 // 3 + 7) // 8 * 8,
+        "num_attention_heads": heads,
+        "num_query_groups": heads // 2,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": max_position_embeddings,
+    }
