@@ -27,7 +27,6 @@ Usage: ``python benchmarks/train_throughput.py --out DIR`` on a CUDA machine (re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.reference_llama import ReferenceLlama  # noqa: E402
 from megatron_endprompt import positions  # noqa: E402
+from megatron_endprompt.model.attention import sdpa_backend_context  # noqa: E402
 from megatron_endprompt.model.config import ModelConfig, get_preset  # noqa: E402
 from megatron_endprompt.training import flops  # noqa: E402
 
@@ -213,21 +213,11 @@ def _upstream_gpt(cfg: ModelConfig, dtype: torch.dtype, use_te: bool | None):
     )
 
 
-def sdpa_backend(name: str):
-    """Context forcing one SDPA backend (`default`: PyTorch's own choice)."""
-    if name == "default":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    table = {
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    if name not in table:
+def sdpa_backend(name: str, device: torch.device):
+    """Context forcing one SDPA backend (`default`: PyTorch's own choice), through the model's own selector."""
+    if name not in BACKENDS:
         raise ValueError(f"--backend: unknown SDPA backend {name!r}; choose from {BACKENDS}")
-    return sdpa_kernel([table[name]])
+    return sdpa_backend_context("auto" if name == "default" else name, device)
 
 
 def _allocated(device: torch.device) -> int | None:
@@ -270,7 +260,7 @@ def _time_engine(case: Case, cfg: ModelConfig, args, device) -> tuple[list[float
     for step in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
-        with sdpa_backend(case.backend):
+        with sdpa_backend(case.backend, device):
             loss = engine.train_step([batch]).loss
         _sync(device)
         if step >= args.warmup:
@@ -297,7 +287,7 @@ def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: tor
             _sync(device)
             start = time.perf_counter()
             before = _allocated(device)
-            with sdpa_backend(case.backend):
+            with sdpa_backend(case.backend, device):
                 loss = loss_fn(model, batch)
                 if before is not None:
                     act = _allocated(device) - before  # what the forward pass keeps for backward
