@@ -26,6 +26,27 @@ def _csv(kind):
     return parse
 
 
+def _task_option(text: str) -> tuple[str, str, int]:
+    target, sep, value = text.partition("=")
+    task, dot, key = target.partition(".")
+    try:
+        if not (sep and dot and task and key):
+            raise ValueError
+        return task, key, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected TASK.KEY=INT (e.g. passkey.key_max=999), got {text!r}"
+        ) from None
+
+
+def task_options(pairs: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    """`--task-option` values as {task: {key: value}} (validated by the runner)."""
+    out: dict[str, dict[str, int]] = {}
+    for task, key, value in pairs:
+        out.setdefault(task, {})[key] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Long-context evaluation (passkey, RULER-style synthetic tasks, perplexity by length) of a "
@@ -48,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="needle depths as fractions of the haystack (0 = start, 1 = end)")  # fmt: skip
     p.add_argument("--samples", type=int, default=4, help="prompts per (task, length, depth) cell")
     p.add_argument("--seed", type=int, default=0, help="base seed: same seed, same prompts")
+    p.add_argument(
+        "--task-option",
+        dest="task_options",
+        type=_task_option,
+        action="append",
+        default=[],
+        metavar="TASK.KEY=INT",
+        help="task option, repeatable: passkey.key_max=999 (keys 1..999), "
+        "niah_single_1.number_digits=3 (default: the standard 1..50000 keys and 7-digit numbers)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="override every task's generation budget")
     p.add_argument("--ppl-data", default=None, help="held-out text for `perplexity`: .txt, .jsonl (field "
                    "'text'), a folder of them, or a dataset prefix built with the contiguous scheme")  # fmt: skip
@@ -129,11 +160,13 @@ def _run(args: argparse.Namespace) -> int:
     from megatron_endprompt.eval import plots, report
     from megatron_endprompt.eval.backends import load_backend
     from megatron_endprompt.eval.runner import evaluate, validate_request
+    from megatron_endprompt.eval.tasks import validate_task_options
 
     check_layout(args)
     tok_type, tok_model = resolve_tokenizer(args.checkpoint, args.tokenizer, args.tokenizer_type)
     validate_request(args.tasks, args.lengths, args.depths, args.samples, max_positions_of(args.checkpoint),
                      args.max_new_tokens, args.ppl_data)  # fmt: skip
+    options = validate_task_options(task_options(args.task_options))
     tokenizer = load_tokenizer(tok_type, tok_model)
     backend = load_backend(
         args.checkpoint, device=args.device, dtype=getattr(torch, args.dtype), tp=args.tp, cp=args.cp
@@ -144,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
     results = evaluate(
         backend, tokenizer, args.tasks, args.lengths, args.depths, args.samples, args.seed,
         max_new_tokens=args.max_new_tokens, ppl_data=args.ppl_data, ppl_windows=args.ppl_windows,
-        progress=is_main and not args.no_progress, extra_config=config,
+        progress=is_main and not args.no_progress, extra_config=config, task_options=options,
     )  # fmt: skip
     if not is_main:
         return 0

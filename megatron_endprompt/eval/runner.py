@@ -24,7 +24,13 @@ import numpy as np
 from megatron_endprompt.eval.backends import ModelBackend
 from megatron_endprompt.eval.perplexity import load_token_stream, perplexity_by_length
 from megatron_endprompt.eval.scoring import metric_name, score_sample
-from megatron_endprompt.eval.tasks import DEFAULT_DEPTHS, PERPLEXITY, get_task, make_sample
+from megatron_endprompt.eval.tasks import (
+    DEFAULT_DEPTHS,
+    PERPLEXITY,
+    get_task,
+    make_sample,
+    validate_task_options,
+)
 from megatron_endprompt.eval.tasks.base import TokenizerLike
 
 logger = logging.getLogger(__name__)
@@ -71,6 +77,10 @@ def validate_request(
                 f"--lengths: {too_long} plus {budget} generated tokens of task {task!r} exceed the model's "
                 f"max_position_embeddings {max_positions}; use lengths <= {max_positions - budget}"
             )
+
+
+def _opts(options: dict[str, dict], task: str) -> dict:
+    return options.get(get_task(task).name, {})
 
 
 def _progress(total: int, enabled: bool):
@@ -127,10 +137,12 @@ def evaluate(
     ppl_windows: int | None = None,
     progress: bool = True,
     extra_config: dict | None = None,
+    task_options: dict[str, dict] | None = None,
 ) -> dict:
     """Evaluate `backend` on `tasks` at every length (and depth, for needle tasks); see the module docstring."""
     tasks, lengths, depths = list(tasks), [int(n) for n in lengths], [float(d) for d in depths]
     validate_request(tasks, lengths, depths, samples, backend.max_positions, max_new_tokens, ppl_data)
+    options = validate_task_options(task_options)
     model_vocab, tok_vocab = getattr(backend, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
     if model_vocab is not None and tok_vocab is not None and tok_vocab > model_vocab:
         raise ValueError(
@@ -147,12 +159,12 @@ def evaluate(
     ]
     for task in gen_tasks:  # fail fast on lengths a task cannot fill, before any model work
         for n in lengths:
-            make_sample(task, tokenizer, n, depths[0] if depths else 0.5, seed, 0)
+            make_sample(task, tokenizer, n, depths[0] if depths else 0.5, seed, 0, _opts(options, task))
     start = time.perf_counter()
     records = []
     with _progress(len(plan), progress) as bar:
         for task, n, d, i in plan:
-            sample = make_sample(task, tokenizer, n, d, seed, i)
+            sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
             budget = max_new_tokens or get_task(task).max_new_tokens
             records.append(dict(_run_prompt(backend, tokenizer, sample, budget), index=i))
             bar.update(1)
@@ -167,6 +179,7 @@ def evaluate(
             "samples": samples,
             "seed": seed,
             "max_new_tokens": max_new_tokens,
+            "task_options": options,
             "backend": backend.name,
             "max_positions": backend.max_positions,
             "tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),

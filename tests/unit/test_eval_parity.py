@@ -73,9 +73,12 @@ def test_cli_writes_results_markdown_and_plots(assets, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(root / "megatron"), "--tokenizer", sp, "--tasks", "passkey,perplexity",
             "--lengths", "160,256", "--depths", "0,1", "--samples", "1", "--max-new-tokens", "4",
-            "--ppl-data", str(root / "heldout.txt"), "--out", str(out), "--no-progress"]  # fmt: skip
+            "--ppl-data", str(root / "heldout.txt"), "--out", str(out), "--no-progress",
+            "--task-option", "passkey.key_max=99"]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["config"]["task_options"] == {"passkey": {"key_max": 99}}
+    assert all(1 <= int(s["answers"][0]) <= 99 for s in results["samples"] if s["task"] == "passkey")
     assert set(results["results"]["passkey"]) == {"160", "256"}
     assert set(results["depth_detail"]["passkey"]["256"]) == {"0", "1"}
     assert results["config"]["checkpoint"] == str(root / "megatron") and results["config"]["seed"] == 0
@@ -99,6 +102,10 @@ def test_cli_bad_inputs_fail_with_clear_messages(assets, tmp_path, capsys):
         (["--tokenizer", sp, "--lengths", "256", "--depths", "50"], "--depths: values are fractions"),
         (["--tokenizer", sp, "--tasks", "perplexity", "--lengths", "256"], "--ppl-data"),
         (["--tokenizer", sp, "--lengths", "256", "--tp", "2"], "torchrun"),
+        (
+            ["--tokenizer", sp, "--lengths", "256", "--task-option", "passkey.digits=3"],
+            "passkey accepts ['key_max']",
+        ),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2, extra

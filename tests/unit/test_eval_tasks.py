@@ -87,3 +87,42 @@ def test_bad_requests_fail_clearly(tok):
     with pytest.raises(ValueError, match="--lengths: 40 tokens is too short for task 'passkey'"):
         make_sample("passkey", tok, 40, 0.5, 0)
     assert get_task("ruler_vt").name == "vt"
+
+
+def test_task_options_bound_passkey_keys_and_niah_digits(tok):
+    keys = {
+        make_sample("passkey", tok, 512, 0.5, seed=s, options={"key_max": 999}).answers[0] for s in range(40)
+    }
+    assert all(1 <= int(k) <= 999 for k in keys) and len(keys) > 20
+    default = [make_sample("passkey", tok, 512, 0.5, seed=s).answers[0] for s in range(40)]
+    assert any(int(k) > 999 for k in default)  # the standard 1..50000 range is the default
+    three = make_sample("niah_single_1", tok, 512, 0.5, seed=0, options={"number_digits": 3})
+    assert re.fullmatch(r"\d{3}", three.answers[0])
+    assert three.answers[0] in three.prompt_text
+    assert re.fullmatch(r"\d{7}", make_sample("niah_single_1", tok, 512, 0.5, seed=0).answers[0])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"passkey": {"digits": 3}},
+            r"--task-option passkey.digits: unknown option; passkey accepts \['key_max'\]",
+        ),
+        ({"passkey": {"key_max": "9"}}, "expected int"),
+        ({"vt": {"key_max": 9}}, "vt accepts none"),
+        ({"nope": {"key_max": 9}}, "--tasks: unknown task 'nope'"),
+    ],
+)
+def test_bad_task_options_name_the_flag(options, message):
+    from megatron_endprompt.eval.tasks import validate_task_options
+
+    with pytest.raises(ValueError, match=message):
+        validate_task_options(options)
+
+
+def test_out_of_range_task_options_are_refused(tok):
+    with pytest.raises(ValueError, match="key_max must be >= 1"):
+        make_sample("passkey", tok, 512, 0.5, seed=0, options={"key_max": 0})
+    with pytest.raises(ValueError, match=r"number_digits must be in \[1, 18\]"):
+        make_sample("niah_single_1", tok, 512, 0.5, seed=0, options={"number_digits": 0})

@@ -107,17 +107,32 @@ def _texts(cfg: NiahConfig, queries: list[str]) -> tuple[str, str]:
 
 
 def niah(
-    variant: str, tokenizer: TokenizerLike, length: int, depth: float, seed: int, add_bos: bool = True
+    variant: str,
+    tokenizer: TokenizerLike,
+    length: int,
+    depth: float,
+    seed: int,
+    add_bos: bool = True,
+    number_digits: int = 7,
 ) -> Sample:
-    """A RULER niah prompt of `length` tokens; the first queried needle sits at `depth`."""
+    """A RULER niah prompt of `length` tokens; the first queried needle sits at `depth`.
+
+    `number_digits` sets the length of `numbers` values (RULER: 7); small models use fewer.
+    """
     cfg = VARIANTS[variant]
+    if not 1 <= number_digits <= 18:
+        raise ValueError(f"niah number_digits must be in [1, 18], got {number_digits}")
     rng = random.Random(seed)
     keys = vocab.distinct(
         lambda r: vocab.random_value(cfg.key_type, r), rng, max(cfg.num_keys, cfg.num_queries)
     )
-    values = [
-        vocab.distinct(lambda r: vocab.random_value(cfg.value_type, r), rng, cfg.num_values) for _ in keys
-    ]
+
+    def draw_value(r: random.Random) -> str:
+        if cfg.value_type == "numbers":
+            return vocab.random_number(r, number_digits)
+        return vocab.random_value(cfg.value_type, r)
+
+    values = [vocab.distinct(draw_value, rng, cfg.num_values) for _ in keys]
     queried = rng.sample(range(len(keys)), cfg.num_queries)
     needles, primary = [], None
     for k, key in enumerate(keys):

@@ -23,9 +23,25 @@ QUESTION = "What is the pass key? The pass key is"
 MAX_NEW_TOKENS = 12
 
 
-def passkey(tokenizer: TokenizerLike, length: int, depth: float, seed: int, add_bos: bool = True) -> Sample:
-    """A passkey prompt of `length` tokens with the needle at `depth` (0 = start, 1 = end of the filler)."""
-    key = str(random.Random(seed).randint(1, 50000))
+DEFAULT_KEY_MAX = 50000
+"""Keys are drawn from 1..50000 as in Landmark attention and PoSE."""
+
+
+def passkey(
+    tokenizer: TokenizerLike,
+    length: int,
+    depth: float,
+    seed: int,
+    add_bos: bool = True,
+    key_max: int = DEFAULT_KEY_MAX,
+) -> Sample:
+    """A passkey prompt of `length` tokens with the needle at `depth` (0 = start, 1 = end of the filler).
+
+    `key_max` bounds the key (1..key_max); small models trained on shorter keys are evaluated with the same bound.
+    """
+    if key_max < 1:
+        raise ValueError(f"passkey key_max must be >= 1, got {key_max}")
+    key = str(random.Random(seed).randint(1, key_max))
     layout = Layout(
         head=INSTRUCTION + "\n",
         tail="\n" + QUESTION,
