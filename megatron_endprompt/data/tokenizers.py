@@ -187,8 +187,12 @@ def train_sentencepiece(
     vocab_size: int = 512,
     user_defined_symbols: Iterable[str] = ("<|eot|>",),
     model_type: str = "bpe",
+    split_digits: bool = False,
 ) -> str:
     """Train a small SentencePiece model offline (tests, demo); returns the .model path.
+
+    `split_digits` makes every digit its own piece, as the Llama-2 tokenizer does: numbers are then copied digit
+    by digit, which is what passkey retrieval asks of a small model (the toy reproduction turns it on).
 
     Ids: unk 0, bos 1, eos 2 (the EOD), no pad. `user_defined_symbols` become single pieces (e.g. an end-of-turn
     token usable as a cue with `--cue @token:<|eot|>`). `hard_vocab_limit=False` lets tiny corpora train.
@@ -208,6 +212,7 @@ def train_sentencepiece(
         num_threads=1,
         minloglevel=2,
         byte_fallback=True,
+        split_digits=split_digits,
     )
     if isinstance(text_iter_or_file, str | os.PathLike):
         spm.SentencePieceTrainer.train(input=str(text_iter_or_file), **kwargs)

@@ -142,3 +142,18 @@ def test_huggingface_dir_without_tokenizer_json_uses_autotokenizer(tmp_path, sp_
     assert hf.encode(text) == sp.encode(text)
     assert (hf.eod, hf.bos) == (sp.eod, sp.bos)
     assert hf.token_to_id("<|eot|>") == sp.token_to_id("<|eot|>")
+
+
+def test_train_sentencepiece_split_digits(tmp_path) -> None:
+    from megatron_endprompt.data.tokenizers import load_tokenizer, train_sentencepiece
+
+    texts = [f"The pass key is {n}. Remember it. {n} is the pass key." for n in range(100, 999, 7)] * 20
+    pieces = {}
+    for split in (False, True):
+        tok = load_tokenizer(
+            "SentencePieceTokenizer",
+            train_sentencepiece(texts, tmp_path / f"s{split}", 400, split_digits=split),
+        )
+        pieces[split] = [tok.decode([i]).strip() for i in tok.encode("key is 471.")]
+    assert [p for p in pieces[True] if p.isdigit()] == ["4", "7", "1"]
+    assert any(len(p) > 1 and p.isdigit() for p in pieces[False])  # merged digits without the option
