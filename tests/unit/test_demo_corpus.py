@@ -44,3 +44,18 @@ def test_mix_and_validation(tmp_path) -> None:
         CorpusConfig(min_words=10, max_words=5).validate()
     main(["--out", str(tmp_path / "c.jsonl"), "--documents", "5"])
     assert len([json.loads(x)["text"] for x in (tmp_path / "c.jsonl").read_text().splitlines()]) == 5
+
+
+def test_repeat_documents_say_the_same_list_twice() -> None:
+    docs = list(generate_documents(CorpusConfig(documents=600, repeat_fraction=0.5, value_digits=3)))
+    repeats = [d for d in docs if d.startswith("Say the list again.")]
+    assert 0.4 < len(repeats) / len(docs) < 0.6
+    for d in repeats:
+        first, second = re.fullmatch(r"Say the list again\. (.+)\. Again: (.+)\.", d).groups()
+        assert first == second and 4 <= len(first.split()) <= 24
+        assert all(len(w) <= 3 for w in first.split() if w.isdigit())
+    # off by default: the demo corpus keeps its mix
+    default = list(generate_documents(CorpusConfig(documents=50)))
+    assert not any(d.startswith("Say the list again.") for d in default)
+    with pytest.raises(ValueError, match="--repeat-fraction"):
+        CorpusConfig(repeat_fraction=1.5).validate()
