@@ -59,6 +59,9 @@ class CorpusConfig:
     """Digits of the magic numbers (RULER and the eval use 7)."""
     max_needles: int = 3
     """Magic-number documents hide 1..max_needles needles and ask for each of them, in random order."""
+    passkey_weight: float = 1.0
+    """Relative frequency of passkey documents among the retrieval documents (magic numbers and recall lists
+    weigh 1 each)."""
     repeat_fraction: float = 0.0
     """Share of documents that are copy practice (a random list of words and numbers, then the same list
     again); `retrieval_fraction` applies to the rest. Templated text lets a small model reach a low loss by
@@ -79,6 +82,8 @@ class CorpusConfig:
             raise ValueError(f"--passkey-max must be >= 1, got {self.passkey_max}")
         if not 1 <= self.value_digits <= 18:
             raise ValueError(f"--value-digits must be in [1, 18], got {self.value_digits}")
+        if self.passkey_weight < 0:
+            raise ValueError(f"--passkey-weight must be >= 0, got {self.passkey_weight}")
         if not 0.0 <= self.repeat_fraction <= 1.0:
             raise ValueError(f"--repeat-fraction must be in [0, 1], got {self.repeat_fraction}")
         if not 1 <= self.max_needles <= 10:
@@ -189,7 +194,10 @@ def generate_documents(cfg: CorpusConfig) -> Iterator[str]:
         if cfg.repeat_fraction and rng.random() < cfg.repeat_fraction:  # no draw at 0: old corpora unchanged
             yield repeat_document(rng, cfg)
         elif rng.random() < cfg.retrieval_fraction:
-            yield rng.choice(makers)(rng, cfg)
+            if cfg.passkey_weight == 1.0:  # the original draw: default corpora stay byte-identical
+                yield rng.choice(makers)(rng, cfg)
+            else:
+                yield rng.choices(makers, weights=(cfg.passkey_weight, 1.0, 1.0))[0](rng, cfg)
         else:
             yield story(rng, rng.randint(3, 12))
 

@@ -59,3 +59,14 @@ def test_repeat_documents_say_the_same_list_twice() -> None:
     assert not any(d.startswith("Say the list again.") for d in default)
     with pytest.raises(ValueError, match="--repeat-fraction"):
         CorpusConfig(repeat_fraction=1.5).validate()
+
+
+def test_passkey_weight_shifts_the_retrieval_mix() -> None:
+    def passkey_share(weight: float) -> float:
+        cfg = CorpusConfig(documents=900, retrieval_fraction=1.0, passkey_weight=weight)
+        return sum(d.startswith(passkey.INSTRUCTION) for d in generate_documents(cfg)) / cfg.documents
+
+    assert 0.25 < passkey_share(1.0) < 0.42 and 0.58 < passkey_share(4.0) < 0.75
+    assert passkey_share(0.0) == 0.0
+    with pytest.raises(ValueError, match="--passkey-weight"):
+        CorpusConfig(passkey_weight=-1).validate()
