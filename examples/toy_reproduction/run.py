@@ -64,32 +64,47 @@ VARIANTS = (
 class ToyConfig:
     """Every setting of the reproduction (YAML keys, `--set key=value`)."""
 
-    documents: int = 20000
+    documents: int = 30000
     """Corpus documents."""
     max_words: int = 150
     """Largest retrieval haystack in words (tasks fit in P0)."""
     retrieval_fraction: float = 0.8
     """Share of corpus documents that are retrieval tasks (passkey, magic numbers, recall lists)."""
-    vocab_size: int = 512
-    """SentencePiece vocabulary."""
-    hidden_size: int = 128
-    """Model width (head dim 32)."""
+    repeat_fraction: float = 0.1
+    """Share of corpus documents that are copy practice (a random list said twice); see demo_corpus."""
+    passkey_max: int = 999
+    """Passkeys are drawn from 1..passkey_max in the corpus AND the eval (3 digits: a small model learns to copy
+    them within a CPU budget; the standard 1..50000 is `--task-option passkey.key_max=50000` territory)."""
+    value_digits: int = 3
+    """Digits of the magic numbers in the corpus and the NIAH eval (RULER uses 7)."""
+    vocab_size: int = 2048
+    """SentencePiece vocabulary (digits always split; at 2048 most words are one piece)."""
+    hidden_size: int = 256
+    """Model width (head dim 32: 8 heads). In our CPU trials width 256 learned passkey copying in far fewer
+    updates than width 128 (65% vs 0% after 1500 steps on passkey documents alone)."""
     num_layers: int = 4
     """Transformer blocks."""
     base_length: int = 256
     """P0: base context and physical length of every short-sample variant."""
     factor: int = 8
     """T = factor * P0; PI factor."""
-    base_curriculum: list[int] = field(default_factory=lambda: [64, 128, 256])
-    """Sequence lengths of successive base pretraining stages (the last must be P0)."""
-    base_steps: list[int] = field(default_factory=lambda: [1500, 1500, 6000])
+    base_curriculum: list[int] = field(default_factory=lambda: [128, 256])
+    """Sequence lengths of successive base pretraining stages (the last must be P0; repeat a length to go on
+    training at it with a fresh learning-rate cycle)."""
+    base_steps: list[int] = field(default_factory=lambda: [3000, 3000])
     """Optimizer steps of each curriculum stage."""
-    base_lr: float = 3e-3
+    focus_steps: int = 2500
+    """Extra base steps at P0 after the curriculum, on a retrieval-focused corpus drawn by the same generator
+    (only retrieval documents, passkeys `focus_passkey_weight` times as frequent): a base that retrieves inside
+    its window. Extension variants never see this corpus."""
+    focus_passkey_weight: float = 4.0
+    """Passkey weight of the focused corpus (magic numbers and recall lists weigh 1)."""
+    base_lr: float = 1.5e-3
     """Peak LR of base pretraining."""
     base_tokens_per_step: int = 1024
-    """Tokens per base step (global batch = this / stage length). Small batches, many steps: in our CPU
-    trials copying (induction) formed after ~1000 updates of 4 x 256 tokens, not after 1200 of 16 x 256."""
-    extend_steps: int = 200
+    """Tokens per base step (global batch = this / stage length). Small batches, many updates: copying from
+    context forms after a number of updates more than a number of tokens."""
+    extend_steps: int = 100
     """Optimizer steps of every extension variant (equal for all, so equal tokens)."""
     extend_tokens_per_step: int = 4096
     """Tokens per extension step (global batch = this / physical length: 16 at P0 = 256, 2 at T = 2048)."""
@@ -106,15 +121,17 @@ class ToyConfig:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     """Variants to run."""
     eval_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2032])
-    """Prompt lengths (the largest + 12 generated tokens must fit in T)."""
+    """Prompt lengths (the largest + max_new_tokens must fit in T)."""
     eval_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Needle depths."""
-    eval_samples: int = 4
+    eval_samples: int = 5
     """Prompts per (task, length, depth) and seed."""
     eval_tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_single_1", "perplexity"])
     """Evaluation tasks (`perplexity`: held-out perplexity by window length, from another corpus seed)."""
     ppl_windows: int = 16
     """Held-out windows per length for perplexity."""
+    max_new_tokens: int = 6
+    """Greedy generation budget per prompt (a 3-digit answer and its period take 5 tokens)."""
 
     @property
     def target_length(self) -> int:
@@ -134,8 +151,9 @@ class ToyConfig:
                 raise ValueError(f"base_tokens_per_step must be a multiple of every stage length ({length})")
             if self.extend_tokens_per_step % length and length in (self.base_length, self.target_length):
                 raise ValueError(f"extend_tokens_per_step must be a multiple of P0 and T ({length})")
-        if max(self.eval_lengths) + 12 > self.target_length:
-            raise ValueError(f"eval_lengths: the largest must be <= T - 12 = {self.target_length - 12}")
+        if max(self.eval_lengths) + self.max_new_tokens > self.target_length:
+            limit = self.target_length - self.max_new_tokens
+            raise ValueError(f"eval_lengths: the largest must be <= T - max_new_tokens = {limit}")
 
     def model(self, **extra) -> dict:
         """ModelConfig fields (over the `tiny` preset) of every run."""
@@ -176,6 +194,8 @@ def schemes(cfg: ToyConfig) -> dict[str, tuple]:
 
     p0, t = cfg.base_length, cfg.target_length
     out = {f"base_{n}": (SchemeConfig("contiguous", n, n), []) for n in cfg.base_curriculum}
+    if cfg.focus_steps:
+        out["base_focus"] = (SchemeConfig("contiguous", p0, p0), [])
     out.update(
         {
             "contiguous_short": (SchemeConfig("contiguous", p0, p0), []),
@@ -198,7 +218,13 @@ def schemes(cfg: ToyConfig) -> dict[str, tuple]:
 
 def corpus_config(cfg: ToyConfig, documents: int, seed: int) -> CorpusConfig:
     return CorpusConfig(
-        documents=documents, retrieval_fraction=cfg.retrieval_fraction, max_words=cfg.max_words, seed=seed
+        documents=documents,
+        retrieval_fraction=cfg.retrieval_fraction,
+        max_words=cfg.max_words,
+        repeat_fraction=cfg.repeat_fraction,
+        passkey_max=cfg.passkey_max,
+        value_digits=cfg.value_digits,
+        seed=seed,
     )
 
 
@@ -214,18 +240,31 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
     if not heldout.is_file():
         docs = max(200, cfg.documents // 20)
         write_corpus(heldout, corpus_config(cfg, docs, seed=1))
+    focus = out / "corpus" / "focus.jsonl"
+    if cfg.focus_steps and not focus.is_file():
+        focused = dataclasses.replace(
+            corpus_config(cfg, cfg.documents // 2, seed=2),
+            retrieval_fraction=1.0,
+            repeat_fraction=0.0,
+            passkey_weight=cfg.focus_passkey_weight,
+        )
+        write_corpus(focus, focused)
     tok = out / "tokenizer" / "toy.model"
     if not tok.is_file():
         tok.parent.mkdir(parents=True, exist_ok=True)
         texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
-        tok = Path(train_sentencepiece(texts, out / "tokenizer" / "toy", vocab_size=cfg.vocab_size))
+        tok = Path(
+            train_sentencepiece(
+                texts, out / "tokenizer" / "toy", vocab_size=cfg.vocab_size, split_digits=True
+            )
+        )
     prefixes = {}
     for name, (scheme, cues) in schemes(cfg).items():
         prefix = out / "data" / name
         if not Path(f"{prefix}.idx").is_file():
             build(
                 BuildConfig(
-                    input=[str(corpus)],
+                    input=[str(focus if name == "base_focus" else corpus)],
                     output_prefix=str(prefix),
                     tokenizer_type="SentencePieceTokenizer",
                     tokenizer_model=str(tok),
@@ -257,21 +296,33 @@ def _train(out: Path, name: str, run: demo.RunSpec, model: dict) -> tuple[Path, 
     return ckpt, seconds
 
 
+def base_stages(cfg: ToyConfig) -> list[tuple[str, int, int, int]]:
+    """(run name, length, steps, data seed) per base stage; a length repeated continues at that length with
+    a new name and a new data order (`base_256`, then `base_256_1`, ...)."""
+    stages, seen = [], {}
+    for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True):
+        k = seen[length] = seen.get(length, -1) + 1
+        stages.append((f"base_{length}" + (f"_{k}" if k else ""), length, steps, k))
+    if cfg.focus_steps:
+        stages.append(("base_focus", cfg.base_length, cfg.focus_steps, 0))
+    return stages
+
+
 def train_base(out: Path, cfg: ToyConfig, data: dict[str, str]) -> tuple[Path, float]:
     """Curriculum stages at increasing length, each starting from the previous stage's weights."""
     init, total = None, 0.0
-    for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True):
+    for name, length, steps, seed in base_stages(cfg):
         run = demo.RunSpec(
-            data[f"base_{length}"],
+            data["base_focus" if name == "base_focus" else f"base_{length}"],
             length,
             cfg.base_tokens_per_step // length,
             steps,
             cfg.base_lr,
-            str(out / "runs" / f"base_{length}"),
-            seed=0,
+            str(out / "runs" / name),
+            seed=seed,
             init_from=init,
         )
-        ckpt, seconds = _train(out, f"base_{length}", run, cfg.model())
+        ckpt, seconds = _train(out, name, run, cfg.model())
         init, total = str(ckpt), total + seconds
     return Path(init), total
 
@@ -311,7 +362,7 @@ def base_flops(cfg: ToyConfig) -> float:
     model = get_preset("tiny").replace(**cfg.model())
     return sum(
         steps * cfg.base_tokens_per_step * flops.flops_per_token(model, length)
-        for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True)
+        for _, length, steps, _ in base_stages(cfg)
     )
 
 
@@ -328,6 +379,20 @@ def training_flops(cfg: ToyConfig, variant: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+
+
+def task_options(cfg: ToyConfig) -> dict[str, dict[str, int]]:
+    """Eval keys drawn like the corpus's: passkeys 1..passkey_max, magic numbers of value_digits digits."""
+    from megatron_endprompt.eval.tasks import TASK_OPTIONS
+
+    out: dict[str, dict[str, int]] = {}
+    for task in cfg.eval_tasks:
+        accepted = TASK_OPTIONS.get(task, {})
+        if "key_max" in accepted:
+            out[task] = {"key_max": cfg.passkey_max}
+        if "number_digits" in accepted:
+            out[task] = {"number_digits": cfg.value_digits}
+    return out
 
 
 def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: Path, seed: int) -> dict:
@@ -348,10 +413,11 @@ def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: P
         cfg.eval_depths,
         cfg.eval_samples,
         seed=seed,
-        max_new_tokens=12,
+        max_new_tokens=cfg.max_new_tokens,
         ppl_data=str(out / "corpus" / "heldout.jsonl") if "perplexity" in cfg.eval_tasks else None,
         ppl_windows=cfg.ppl_windows,
         progress=False,
+        task_options=task_options(cfg),
     )
     result.pop("samples", None)  # keep the files small; scores per length and depth stay
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,6 +479,33 @@ def report_tasks(cfg: dict) -> list[str]:
     return out
 
 
+def base_recipe(cfg: dict) -> str:
+    """One sentence on how the base was trained (stages, steps, tokens per step, focus stage)."""
+    stages = ", ".join(
+        f"{n} steps at {s}" for s, n in zip(cfg["base_curriculum"], cfg["base_steps"], strict=True)
+    )
+    text = f"Base pretraining: {stages} ({cfg['base_tokens_per_step']} tokens per step, peak LR {cfg['base_lr']})"
+    if cfg.get("focus_steps"):
+        text += (
+            f", then {cfg['focus_steps']} steps at P0 on a retrieval-focused corpus from the same generator "
+            f"(retrieval documents only, passkeys weighted {cfg['focus_passkey_weight']}:1:1 against magic "
+            "numbers and recall lists; never used by the extension variants)"
+        )
+    return (
+        text + f". Keys: passkeys 1..{cfg.get('passkey_max')}, {cfg.get('value_digits')}-digit magic numbers."
+    )
+
+
+def precision_note(cfg: dict) -> str:
+    """How precise an accuracy cell is: prompts per cell and the worst-case binomial standard error."""
+    per_cell = len(cfg["eval_depths"]) * cfg["eval_samples"] * len(cfg["seeds"])
+    return (
+        f"Each accuracy cell pools {per_cell} prompts ({len(cfg['eval_depths'])} depths x "
+        f"{cfg['eval_samples']} prompts x {len(cfg['seeds'])} seeds; the base row has one seed): binomial "
+        f"standard error <= {50 / per_cell**0.5:.1f} points (at 50%), smaller near 0% and 100%."
+    )
+
+
 def markdown(results: dict, meta: dict) -> str:
     """The report: what was run, how long it took, and the scores."""
     cfg, rows = results["config"], results["rows"]
@@ -431,6 +524,10 @@ def markdown(results: dict, meta: dict) -> str:
         f"perplexity: {cfg.get('ppl_windows')} held-out windows per length, whole window and its last quarter "
         "(`perplexity_tail`; lower is better); "
         f"mean ± std over extension seeds {cfg['seeds']}. Train time includes ~10-20 s of process start-up.",
+        "",
+        base_recipe(cfg),
+        "",
+        precision_note(cfg),
         "",
     ]
     if "passkey" in cfg["eval_tasks"]:

@@ -49,3 +49,64 @@ def test_bad_settings_name_the_key(toy) -> None:
         toy.load_toy_config(None, ["base_curriculum=[64,128]", "base_steps=[1,1]"])
     with pytest.raises(ValueError, match="variants"):
         toy.load_toy_config(None, ["variants=[magic]"])
+
+
+def test_shipped_yaml_equals_the_documented_defaults(toy) -> None:
+    import dataclasses
+
+    import yaml
+
+    shipped = yaml.safe_load(SCRIPT.with_name("config.yaml").read_text())
+    assert shipped == dataclasses.asdict(toy.ToyConfig())
+
+
+def test_eval_draws_keys_like_the_corpus(toy) -> None:
+    cfg = toy.load_toy_config(
+        None, ["passkey_max=99", "value_digits=2", "eval_tasks=[passkey,niah_single_1,vt]"]
+    )
+    assert toy.task_options(cfg) == {"passkey": {"key_max": 99}, "niah_single_1": {"number_digits": 2}}
+    corpus = toy.corpus_config(cfg, 10, seed=0)
+    assert (corpus.passkey_max, corpus.value_digits, corpus.repeat_fraction) == (99, 2, cfg.repeat_fraction)
+
+
+def test_base_stages_repeat_lengths_and_end_with_the_focus_stage(toy) -> None:
+    curriculum = ["base_curriculum=[128,256,256]", "base_steps=[10,20,30]"]
+    cfg = toy.load_toy_config(None, [*curriculum, "focus_steps=5"])
+    assert toy.base_stages(cfg) == [
+        ("base_128", 128, 10, 0),
+        ("base_256", 256, 20, 0),
+        ("base_256_1", 256, 30, 1),
+        ("base_focus", 256, 5, 0),
+    ]
+    assert set(toy.schemes(cfg)) >= {"base_128", "base_256", "base_focus"}  # one dataset per length + focus
+    no_focus = toy.load_toy_config(None, [*curriculum, "focus_steps=0"])
+    assert "base_focus" not in toy.schemes(no_focus) and toy.base_stages(no_focus)[-1][0] == "base_256_1"
+    assert toy.base_flops(cfg) > toy.base_flops(no_focus)
+
+
+def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.asdict(toy.load_toy_config(None, ["seeds=[0,1]", "eval_lengths=[256,2032]"]))
+
+    def evals(passkey: float) -> dict:
+        scores = {str(n): passkey for n in cfg["eval_lengths"]}
+        ppl = {str(n): {"ppl": 2.0, "tail_ppl": 2.5} for n in cfg["eval_lengths"]}
+        return {"results": {"passkey": scores, "niah_single_1": scores}, "perplexity": ppl}
+
+    rows = {"base": {"seconds": 60.0, "physical_length": 256, "flops": 1e12, "evals": [evals(96.0)]}}
+    rows["endprompt"] = {
+        "seconds": [5.0, 7.0],
+        "physical_length": 256,
+        "flops": 1e11,
+        "evals": [evals(40), evals(60)],
+    }
+    meta = {"command": "python run.py", "date": "2026-11-28", "hardware": "cpu", "wall_minutes": 3.0}
+    text = toy.markdown({"config": cfg, "rows": rows}, meta)
+    assert "passkey accuracy at P0 = 256: 96% (strong enough" in text
+    assert "| endprompt | 256 | 1.00e+11 | 6 | 50 ± 10 | 50 ± 10 |" in text
+    assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
+    assert "then 2500 steps at P0 on a retrieval-focused corpus" in text
+    rows["base"]["evals"] = [evals(80.0)]
+    assert "NOT strong enough" in toy.markdown({"config": cfg, "rows": rows}, meta)
+    assert toy.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
