@@ -7,6 +7,9 @@ Schema of the returned dict (also what tools/eval_long_context.py writes to resu
 - `average`: {str(length): mean score over the generation tasks} (RULER's per-length average).
 - `depth_detail`: {task: {str(length): {depth: score}}} for tasks with a needle depth ("all" otherwise).
 - `perplexity`: {str(length): {ppl, tail_ppl, nll, windows, tokens}} when `perplexity` was requested.
+- `answer_nll`: {task: {str(length): mean NLL per token of the first reference answer}}, teacher-forced after
+  the prompt (lower is better; ln 10 = 2.30 is chance for a digit). Graded where string match is all or
+  nothing: it shows a model getting closer to retrieving before it retrieves.
 - `metrics`: {task: metric name}; `samples`: one record per prompt (answers, prediction, score, depths).
 """
 
@@ -110,6 +113,33 @@ def _run_prompt(backend: ModelBackend, tokenizer: TokenizerLike, sample, budget:
     }
 
 
+def answer_ids(tokenizer: TokenizerLike, sample) -> list[int] | None:
+    """Token ids of `sample.answers[0]` as the text continues after the prompt (" 534" after "... is"), or None
+    when the tokenizer does not split prompt + answer at the prompt's end."""
+    body = sample.prompt_ids[1:] if sample.prompt_ids[:1] == [tokenizer.bos] else sample.prompt_ids
+    full = tokenizer.encode(sample.prompt_text + " " + sample.answers[0])
+    if full[: len(body)] != list(body) or len(full) == len(body):
+        return None
+    return full[len(body) :]
+
+
+def answer_nll(backend: ModelBackend, tokenizer: TokenizerLike, sample) -> float | None:
+    """Mean NLL (nats per token) of the first reference answer, teacher-forced after the prompt."""
+    answer = answer_ids(tokenizer, sample)
+    if answer is None:
+        return None
+    nll = backend.token_nll(list(sample.prompt_ids) + answer)  # nll[j] scores token j + 1
+    return float(nll[-len(answer) :].mean())
+
+
+def _mean_answer_nll(records: list[dict]) -> dict:
+    by_len: dict = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("answer_nll") is not None:
+            by_len[r["task"]][str(r["length"])].append(r["answer_nll"])
+    return {t: {n: mean(v) for n, v in d.items()} for t, d in by_len.items()}
+
+
 def _aggregate(records: list[dict]) -> tuple[dict, dict, dict]:
     by_len: dict = defaultdict(lambda: defaultdict(list))
     by_depth: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -166,7 +196,9 @@ def evaluate(
         for task, n, d, i in plan:
             sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
             budget = max_new_tokens or get_task(task).max_new_tokens
-            records.append(dict(_run_prompt(backend, tokenizer, sample, budget), index=i))
+            record = _run_prompt(backend, tokenizer, sample, budget)
+            record["answer_nll"] = answer_nll(backend, tokenizer, sample) if sample.answers else None
+            records.append(dict(record, index=i))
             bar.update(1)
     results, detail, average = _aggregate(records)
     out = {
@@ -189,6 +221,7 @@ def evaluate(
         "results": results,
         "average": average,
         "depth_detail": detail,
+        "answer_nll": _mean_answer_nll(records),
         "metrics": {t: metric_name(get_task(t).name) for t in gen_tasks},
         "samples": records,
     }

@@ -111,3 +111,26 @@ def test_cli_bad_inputs_fail_with_clear_messages(assets, tmp_path, capsys):
         assert main(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not (tmp_path / "o").exists()
+
+
+def test_answer_nll_is_the_reference_models_answer_likelihood(assets):
+    """`answer_nll` equals the mean -log p(answer token) computed from transformers' own logits."""
+    from transformers import LlamaForCausalLM
+
+    from megatron_endprompt.eval.runner import answer_ids, answer_nll
+    from megatron_endprompt.eval.tasks import make_sample
+
+    root, tok, _ = assets
+    sample = make_sample("passkey", tok, 200, 0.5, seed=3, options={"key_max": 999})
+    answer = answer_ids(tok, sample)
+    assert tok.decode(answer).strip() == sample.answers[0]
+    ids = torch.tensor([sample.prompt_ids + answer])
+    with torch.no_grad():
+        logp = LlamaForCausalLM.from_pretrained(root / "hf").eval()(ids).logits.float().log_softmax(-1)[0]
+    n = len(answer)
+    expected = -logp[-n - 1 : -1].gather(1, ids[0, -n:, None]).mean().item()
+    meg = MegatronBackend.from_checkpoint(root / "megatron", device="cpu")
+    assert answer_nll(meg, tok, sample) == pytest.approx(expected, abs=1e-4)
+    assert answer_nll(HFBackend(root / "hf", device="cpu"), tok, sample) == pytest.approx(expected, abs=1e-4)
+    result = evaluate(meg, tok, ["passkey"], [200], [0.5], 1, seed=3, max_new_tokens=2, progress=False)
+    assert set(result["answer_nll"]["passkey"]) == {"200"} and result["samples"][0]["answer_nll"] > 0
