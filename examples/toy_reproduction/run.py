@@ -464,19 +464,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def score(row: dict, task: str, length: int) -> tuple[float, float]:
-    """Mean and std over seeds of the task score (perplexity: ppl) at one length."""
+    """Mean and std over seeds of the task score (perplexity: ppl; `<task>_answer_nll`: answer NLL) at one length."""
+    if task.endswith(NLL_SUFFIX):
+        return _mean_std([e["answer_nll"][task[: -len(NLL_SUFFIX)]][str(length)] for e in row["evals"]])
     if task in ("perplexity", "perplexity_tail"):
         key = "ppl" if task == "perplexity" else "tail_ppl"
         return _mean_std([e["perplexity"][str(length)][key] for e in row["evals"]])
     return _mean_std([e["results"][task][str(length)] for e in row["evals"]])
 
 
+NLL_SUFFIX = "_answer_nll"
+
+
 def report_tasks(cfg: dict) -> list[str]:
-    """Tables / panels of the report: every task, perplexity also over the last quarter of each window."""
+    """Tables / panels of the report: every task with its teacher-forced answer NLL, perplexity also over the
+    last quarter of each window."""
     out = []
     for task in cfg["eval_tasks"]:
-        out += [task, "perplexity_tail"] if task == "perplexity" else [task]
+        out += [task, "perplexity_tail"] if task == "perplexity" else [task, task + NLL_SUFFIX]
     return out
+
+
+def is_graded(task: str) -> bool:
+    """Tables with two decimals and a log axis (perplexities, NLLs) rather than accuracies in %."""
+    return task.startswith("perplexity") or task.endswith(NLL_SUFFIX)
 
 
 def base_recipe(cfg: dict) -> str:
@@ -522,7 +533,9 @@ def markdown(results: dict, meta: dict) -> str:
         f"same general corpus for {cfg['extend_steps']} steps of {cfg['extend_tokens_per_step']} tokens. "
         f"Task scores: accuracy (%) over {len(cfg['eval_depths'])} depths x {cfg['eval_samples']} prompts; "
         f"perplexity: {cfg.get('ppl_windows')} held-out windows per length, whole window and its last quarter "
-        "(`perplexity_tail`; lower is better); "
+        "(`perplexity_tail`; lower is better); `<task>_answer_nll`: mean NLL per token of the right answer, "
+        "teacher-forced after the prompt (nats; ln 10 = 2.30 is a uniform guess per digit; graded where "
+        "accuracy is all or nothing); "
         f"mean ± std over extension seeds {cfg['seeds']}. Train time includes ~10-20 s of process start-up.",
         "",
         base_recipe(cfg),
@@ -553,7 +566,7 @@ def markdown(results: dict, meta: dict) -> str:
             cells = []
             for n in lengths:
                 mean, std = score(row, task, n)
-                digits = 2 if task.startswith("perplexity") else 0
+                digits = 2 if is_graded(task) else 0
                 cell = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["evals"]) > 1 else "")
                 cells.append(cell)
             lines.append(
@@ -594,7 +607,10 @@ def plot(results: dict, path: Path) -> Path:
             )
         ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)
         ax.set_xscale("log", base=2)
-        if task.startswith("perplexity"):
+        if task.endswith(NLL_SUFFIX):
+            ax.axhline(2.303, color="grey", linestyle=":", linewidth=0.8)  # ln 10: a uniform guess per digit
+            ax.set_ylabel("answer NLL (nats/token; lower is better)")
+        elif task.startswith("perplexity"):
             ax.set_yscale("log")
             ax.set_ylabel("held-out perplexity" + (" (last quarter)" if task.endswith("tail") else ""))
         else:

@@ -92,7 +92,12 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     def evals(passkey: float) -> dict:
         scores = {str(n): passkey for n in cfg["eval_lengths"]}
         ppl = {str(n): {"ppl": 2.0, "tail_ppl": 2.5} for n in cfg["eval_lengths"]}
-        return {"results": {"passkey": scores, "niah_single_1": scores}, "perplexity": ppl}
+        nll = {str(n): 2.3 - passkey / 50 for n in cfg["eval_lengths"]}
+        return {
+            "results": {"passkey": scores, "niah_single_1": scores},
+            "answer_nll": {"passkey": nll, "niah_single_1": nll},
+            "perplexity": ppl,
+        }
 
     rows = {"base": {"seconds": 60.0, "physical_length": 256, "flops": 1e12, "evals": [evals(96.0)]}}
     rows["endprompt"] = {
@@ -105,6 +110,7 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     text = toy.markdown({"config": cfg, "rows": rows}, meta)
     assert "passkey accuracy at P0 = 256: 96% (strong enough" in text
     assert "| endprompt | 256 | 1.00e+11 | 6 | 50 ± 10 | 50 ± 10 |" in text
+    assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
     assert "then 2500 steps at P0 on a retrieval-focused corpus" in text
     rows["base"]["evals"] = [evals(80.0)]
