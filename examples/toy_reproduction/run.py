@@ -120,7 +120,7 @@ class ToyConfig:
     """Extension seeds (data order of the fine-tuning and eval prompts); the base model is trained once."""
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     """Variants to run."""
-    eval_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2032])
+    eval_lengths: list[int] = field(default_factory=lambda: [256, 1024, 2032])
     """Prompt lengths (the largest + max_new_tokens must fit in T)."""
     eval_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Needle depths."""
@@ -130,8 +130,8 @@ class ToyConfig:
     """Evaluation tasks (`perplexity`: held-out perplexity by window length, from another corpus seed)."""
     ppl_windows: int = 16
     """Held-out windows per length for perplexity."""
-    max_new_tokens: int = 6
-    """Greedy generation budget per prompt (a 3-digit answer and its period take 5 tokens)."""
+    max_new_tokens: int = 5
+    """Greedy generation budget per prompt (a 3-digit answer takes 4 tokens: a space and 3 digits)."""
 
     @property
     def target_length(self) -> int:
