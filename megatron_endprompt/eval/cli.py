@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="task option, repeatable: passkey.key_max=999 (keys 1..999), "
         "niah_single_1.number_digits=3 (default: the standard 1..50000 keys and 7-digit numbers)",
     )
+    p.add_argument("--answer-nll", action="store_true",
+                   help="also record the teacher-forced NLL of the right answer per prompt (a graded retrieval "
+                   "signal; one extra forward pass per prompt)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=None, help="override every task's generation budget")
     p.add_argument("--ppl-data", default=None, help="held-out text for `perplexity`: .txt, .jsonl (field "
                    "'text'), a folder of them, or a dataset prefix built with the contiguous scheme")  # fmt: skip
@@ -178,6 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         backend, tokenizer, args.tasks, args.lengths, args.depths, args.samples, args.seed,
         max_new_tokens=args.max_new_tokens, ppl_data=args.ppl_data, ppl_windows=args.ppl_windows,
         progress=is_main and not args.no_progress, extra_config=config, task_options=options,
+        answer_nll=args.answer_nll,
     )  # fmt: skip
     if not is_main:
         return 0

@@ -7,9 +7,11 @@ Schema of the returned dict (also what tools/eval_long_context.py writes to resu
 - `average`: {str(length): mean score over the generation tasks} (RULER's per-length average).
 - `depth_detail`: {task: {str(length): {depth: score}}} for tasks with a needle depth ("all" otherwise).
 - `perplexity`: {str(length): {ppl, tail_ppl, nll, windows, tokens}} when `perplexity` was requested.
-- `answer_nll`: {task: {str(length): mean NLL per token of the first reference answer}}, teacher-forced after
-  the prompt (lower is better; ln 10 = 2.30 is chance for a digit). Graded where string match is all or
-  nothing: it shows a model getting closer to retrieving before it retrieves.
+- `answer_nll` (only with `answer_nll=True`, CLI `--answer-nll`): {task: {str(length): mean NLL per token of
+  the first reference answer}}, teacher-forced after the prompt (lower is better; ln 10 = 2.30 is chance for a
+  digit). Graded where string match is all or nothing: it shows a model getting closer to retrieving before it
+  retrieves. Off by default: it costs one extra forward pass per prompt, which roughly doubles evaluation time
+  with a KV-cached backend at long lengths.
 - `metrics`: {task: metric name}; `samples`: one record per prompt (answers, prediction, score, depths).
 """
 
@@ -123,7 +125,7 @@ def answer_ids(tokenizer: TokenizerLike, sample) -> list[int] | None:
     return full[len(body) :]
 
 
-def answer_nll(backend: ModelBackend, tokenizer: TokenizerLike, sample) -> float | None:
+def teacher_forced_answer_nll(backend: ModelBackend, tokenizer: TokenizerLike, sample) -> float | None:
     """Mean NLL (nats per token) of the first reference answer, teacher-forced after the prompt."""
     answer = answer_ids(tokenizer, sample)
     if answer is None:
@@ -168,6 +170,7 @@ def evaluate(
     progress: bool = True,
     extra_config: dict | None = None,
     task_options: dict[str, dict] | None = None,
+    answer_nll: bool = False,
 ) -> dict:
     """Evaluate `backend` on `tasks` at every length (and depth, for needle tasks); see the module docstring."""
     tasks, lengths, depths = list(tasks), [int(n) for n in lengths], [float(d) for d in depths]
@@ -197,7 +200,10 @@ def evaluate(
             sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
             budget = max_new_tokens or get_task(task).max_new_tokens
             record = _run_prompt(backend, tokenizer, sample, budget)
-            record["answer_nll"] = answer_nll(backend, tokenizer, sample) if sample.answers else None
+            if answer_nll:
+                record["answer_nll"] = (
+                    teacher_forced_answer_nll(backend, tokenizer, sample) if sample.answers else None
+                )
             records.append(dict(record, index=i))
             bar.update(1)
     results, detail, average = _aggregate(records)
@@ -212,6 +218,7 @@ def evaluate(
             "seed": seed,
             "max_new_tokens": max_new_tokens,
             "task_options": options,
+            "answer_nll": answer_nll,
             "backend": backend.name,
             "max_positions": backend.max_positions,
             "tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
@@ -221,10 +228,11 @@ def evaluate(
         "results": results,
         "average": average,
         "depth_detail": detail,
-        "answer_nll": _mean_answer_nll(records),
         "metrics": {t: metric_name(get_task(t).name) for t in gen_tasks},
         "samples": records,
     }
+    if answer_nll:
+        out["answer_nll"] = _mean_answer_nll(records)
     if PERPLEXITY in tasks:
         stream = ppl_data if isinstance(ppl_data, np.ndarray) else load_token_stream(ppl_data, tokenizer)
         out["perplexity"] = perplexity_by_length(backend, stream, lengths, ppl_windows or samples)

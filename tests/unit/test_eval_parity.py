@@ -74,10 +74,11 @@ def test_cli_writes_results_markdown_and_plots(assets, tmp_path, capsys):
     argv = ["--checkpoint", str(root / "megatron"), "--tokenizer", sp, "--tasks", "passkey,perplexity",
             "--lengths", "160,256", "--depths", "0,1", "--samples", "1", "--max-new-tokens", "4",
             "--ppl-data", str(root / "heldout.txt"), "--out", str(out), "--no-progress",
-            "--task-option", "passkey.key_max=99"]  # fmt: skip
+            "--task-option", "passkey.key_max=99", "--answer-nll"]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["task_options"] == {"passkey": {"key_max": 99}}
+    assert results["config"]["answer_nll"] is True and set(results["answer_nll"]["passkey"]) == {"160", "256"}
     assert all(1 <= int(s["answers"][0]) <= 99 for s in results["samples"] if s["task"] == "passkey")
     assert set(results["results"]["passkey"]) == {"160", "256"}
     assert set(results["depth_detail"]["passkey"]["256"]) == {"0", "1"}
@@ -117,7 +118,7 @@ def test_answer_nll_is_the_reference_models_answer_likelihood(assets):
     """`answer_nll` equals the mean -log p(answer token) computed from transformers' own logits."""
     from transformers import LlamaForCausalLM
 
-    from megatron_endprompt.eval.runner import answer_ids, answer_nll
+    from megatron_endprompt.eval.runner import answer_ids, teacher_forced_answer_nll
     from megatron_endprompt.eval.tasks import make_sample
 
     root, tok, _ = assets
@@ -130,7 +131,11 @@ def test_answer_nll_is_the_reference_models_answer_likelihood(assets):
     n = len(answer)
     expected = -logp[-n - 1 : -1].gather(1, ids[0, -n:, None]).mean().item()
     meg = MegatronBackend.from_checkpoint(root / "megatron", device="cpu")
-    assert answer_nll(meg, tok, sample) == pytest.approx(expected, abs=1e-4)
-    assert answer_nll(HFBackend(root / "hf", device="cpu"), tok, sample) == pytest.approx(expected, abs=1e-4)
-    result = evaluate(meg, tok, ["passkey"], [200], [0.5], 1, seed=3, max_new_tokens=2, progress=False)
+    for backend in (meg, HFBackend(root / "hf", device="cpu")):
+        assert teacher_forced_answer_nll(backend, tok, sample) == pytest.approx(expected, abs=1e-4)
+    result = evaluate(meg, tok, ["passkey"], [200], [0.5], 1, seed=3, max_new_tokens=2, progress=False,
+                      answer_nll=True)  # fmt: skip
     assert set(result["answer_nll"]["passkey"]) == {"200"} and result["samples"][0]["answer_nll"] > 0
+    assert result["config"]["answer_nll"] is True
+    plain = evaluate(meg, tok, ["passkey"], [200], [0.5], 1, seed=3, max_new_tokens=2, progress=False)
+    assert "answer_nll" not in plain and "answer_nll" not in plain["samples"][0]  # opt-in: no extra forward
