@@ -20,6 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_endprompt.data.packing import PACKING_MODES  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--placement", choices=["fixed", "random"], default="fixed", help="endprompt-tail placement"
     )
     sc.add_argument("--pose-chunks", type=int, default=2, help="N chunks for pose / endprompt-pose")
-    sc.add_argument("--packing", choices=["concat", "document"], default="concat")
+    sc.add_argument(
+        "--packing",
+        choices=list(PACKING_MODES),
+        default="concat",
+        help="concat: one token stream cut into samples; aligned: every sample starts at a document start (the "
+        "overflowing document is cut, its rest dropped); document: one document per sample",
+    )
     sc.add_argument("--seed", type=int, default=1234)
     sc.add_argument(
         "--strict", action="store_true", help="stop at the first bad document (file:line: reason)"

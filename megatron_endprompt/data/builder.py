@@ -26,7 +26,7 @@ import numpy as np
 from megatron_endprompt.data import corpus
 from megatron_endprompt.data.dataset import META_FORMAT, META_VERSION
 from megatron_endprompt.data.indexed import token_dtype, write_index
-from megatron_endprompt.data.packing import Packer
+from megatron_endprompt.data.packing import PACKING_MODES, Packer
 from megatron_endprompt.data.sidecar import SIDECAR_VERSION, SidecarWriter
 from megatron_endprompt.data.tokenizers import load_tokenizer
 from megatron_endprompt.positions import SchemeConfig
@@ -55,7 +55,9 @@ class BuildConfig:
     cues: list[str] = field(default_factory=list)
     """Cue set for the endprompt schemes (--cue / --cue-file): text, '@eod' or '@token:NAME'."""
     packing: str = "concat"
-    """concat: documents (+EOD) form one stream cut into samples; document: one document per sample (--packing)."""
+    """concat: documents (+EOD) form one stream cut into samples; aligned: the same, but every sample starts at a
+    document start (the document that overflows a sample is cut, its rest dropped); document: one document per
+    sample (--packing)."""
     append_eod: bool = False
     """Append the tokenizer's EOD after each document (--append-eod)."""
     seed: int = 1234
@@ -78,8 +80,8 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Checks that need no tokenizer (the cue length check runs once the tokenizer is loaded)."""
-        if self.packing not in ("concat", "document"):
-            raise ValueError(f"--packing must be concat or document, got {self.packing!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if not self.json_keys:

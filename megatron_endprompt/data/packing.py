@@ -4,6 +4,10 @@ concat:   documents (each followed by EOD with --append-eod) form one token stre
           `text_length_i` tokens of it. The stream's tail shorter than a sample is dropped (counted).
 document: one document per sample; its first `text_length_i` tokens are used (the rest counted as truncated) and a
           document shorter than that is skipped with reason "too_short".
+aligned:  like concat, but every sample starts at a document start: whole documents fill the sample and the one
+          that overflows it is cut, the rest of that document dropped (counted as truncated). No sample holds the
+          end of a document without its beginning (a question without the passage it asks about), which is what
+          concat packing does to every document that straddles a boundary ("fewer truncations" packing).
 text_length_i = P, minus the cue length b_i for the endprompt schemes. Sample i draws, from
 np.random.default_rng([seed, i]) and in this order: the cue index (endprompt schemes), then the scheme's
 randomness (placement, PoSE chunks and biases). Text tokens fill the text segments in physical order, the cue
@@ -18,6 +22,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from megatron_endprompt.positions import SchemeConfig, Segment
+
+
+PACKING_MODES = ("concat", "aligned", "document")
 
 
 def sample_plan(scheme: SchemeConfig, cues: Sequence[np.ndarray], seed: int, index: int):
@@ -52,6 +59,10 @@ class Packer:
             self._buffered += len(ids)
         while self._buffered >= self._plan[2]:
             self._emit(self._take(self._plan[2]))
+            if self.packing == "aligned":  # the next sample starts with the next document
+                self.truncated += self._buffered
+                self._chunks.clear()
+                self._buffered = 0
         return None
 
     def _take(self, n: int) -> np.ndarray:

@@ -76,6 +76,33 @@ def test_megatron_indexed_dataset_reads_our_files(tmp_path, corpus_jsonl, corpus
         assert len(stream) - len(text) == meta["counts"]["tokens_dropped_tail"]
 
 
+def test_aligned_packing_starts_every_sample_at_a_document_start(tmp_path, corpus_jsonl, corpus_texts, sp_model):
+    """`--packing aligned`: each sample = whole documents then the head of the one that overflows; nothing of
+    that document reaches the next sample. Checked against an independent packing of the tokenised corpus."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tok = load_tokenizer("SentencePieceTokenizer", sp_model)
+    p = 48
+    meta = build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("contiguous", p, p), packing="aligned"))
+    expected, current, dropped = [], [], 0
+    for text in corpus_texts:
+        current += tok.encode(text) + [tok.eod]
+        if len(current) >= p:
+            expected.append(current[:p])
+            dropped += len(current) - p
+            current = []
+    ref = IndexedDataset(meta["config"]["output_prefix"])
+    assert len(ref) == len(expected) == meta["counts"]["samples"] > 10
+    for i, sample in enumerate(expected):
+        np.testing.assert_array_equal(ref[i].astype(np.int64), sample)
+    starts = {tuple(tok.encode(t)[:3]) for t in corpus_texts}
+    assert all(tuple(ref[i][:3].tolist()) in starts for i in range(len(ref)))  # a document start, always
+    counts = meta["counts"]
+    assert (counts["tokens_truncated"], counts["tokens_dropped_tail"]) == (dropped, len(current))
+    concat = build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("contiguous", p, p), name="concat"))
+    assert concat["counts"]["samples"] > len(expected) and concat["counts"]["tokens_truncated"] == 0
+
+
 def _expected(scheme: SchemeConfig, cue_ids, seed: int, i: int):
     """What the pure scheme functions give for sample i (rng seeded by (seed, i); cue drawn first)."""
     rng = np.random.default_rng([seed, i])
@@ -281,6 +308,8 @@ def test_flag_errors_before_work(tmp_path, corpus_jsonl, sp_model):
         build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("endprompt", 8, 100), cues=["x " * 20]))
     with pytest.raises(FileNotFoundError, match="--input"):
         build(_cfg(tmp_path, tmp_path / "nope*.jsonl", sp_model, SchemeConfig("contiguous", 16, 16)))
+    with pytest.raises(ValueError, match="--packing must be one of concat, aligned, document, got 'zigzag'"):
+        build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("contiguous", 16, 16), packing="zigzag"))
     assert not list(tmp_path.glob("out*"))
 
 
