@@ -23,7 +23,6 @@ import numpy as np
 
 from megatron_endprompt.positions import SchemeConfig, Segment
 
-
 PACKING_MODES = ("concat", "aligned", "document")
 
 

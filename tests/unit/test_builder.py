@@ -76,7 +76,9 @@ def test_megatron_indexed_dataset_reads_our_files(tmp_path, corpus_jsonl, corpus
         assert len(stream) - len(text) == meta["counts"]["tokens_dropped_tail"]
 
 
-def test_aligned_packing_starts_every_sample_at_a_document_start(tmp_path, corpus_jsonl, corpus_texts, sp_model):
+def test_aligned_packing_starts_every_sample_at_a_document_start(
+    tmp_path, corpus_jsonl, corpus_texts, sp_model
+):
     """`--packing aligned`: each sample = whole documents then the head of the one that overflows; nothing of
     that document reaches the next sample. Checked against an independent packing of the tokenised corpus."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset

@@ -49,6 +49,8 @@ def test_bad_settings_name_the_key(toy) -> None:
         toy.load_toy_config(None, ["base_curriculum=[64,128]", "base_steps=[1,1]"])
     with pytest.raises(ValueError, match="variants"):
         toy.load_toy_config(None, ["variants=[magic]"])
+    with pytest.raises(ValueError, match="packing: concat or aligned, got 'document'"):
+        toy.load_toy_config(None, ["packing=document"])
 
 
 def test_shipped_yaml_equals_the_documented_defaults(toy) -> None:
@@ -69,18 +71,20 @@ def test_eval_draws_keys_like_the_corpus(toy) -> None:
     assert (corpus.passkey_max, corpus.value_digits, corpus.repeat_fraction) == (99, 2, cfg.repeat_fraction)
 
 
-def test_base_stages_repeat_lengths_and_end_with_the_focus_stage(toy) -> None:
+def test_base_stages_warmup_first_repeat_lengths_and_end_with_the_focus_stage(toy) -> None:
     curriculum = ["base_curriculum=[128,256,256]", "base_steps=[10,20,30]"]
-    cfg = toy.load_toy_config(None, [*curriculum, "focus_steps=5"])
+    cfg = toy.load_toy_config(None, [*curriculum, "focus_steps=5", "warmup_steps=7"])
     assert toy.base_stages(cfg) == [
-        ("base_128", 128, 10, 0),
-        ("base_256", 256, 20, 0),
-        ("base_256_1", 256, 30, 1),
-        ("base_focus", 256, 5, 0),
+        ("base_warmup", "base_warmup", 128, 7, 0),  # passkey documents alone, at the first length
+        ("base_128", "base_128", 128, 10, 0),
+        ("base_256", "base_256", 256, 20, 0),
+        ("base_256_1", "base_256", 256, 30, 1),  # same data, new order
+        ("base_focus", "base_focus", 256, 5, 0),
     ]
     assert set(toy.schemes(cfg)) >= {"base_128", "base_256", "base_focus"}  # one dataset per length + focus
-    no_focus = toy.load_toy_config(None, [*curriculum, "focus_steps=0"])
-    assert "base_focus" not in toy.schemes(no_focus) and toy.base_stages(no_focus)[-1][0] == "base_256_1"
+    no_focus = toy.load_toy_config(None, [*curriculum, "focus_steps=0", "warmup_steps=0"])
+    assert not {"base_focus", "base_warmup"} & set(toy.schemes(no_focus))
+    assert [s.name for s in toy.base_stages(no_focus)] == ["base_128", "base_256", "base_256_1"]
     assert toy.base_flops(cfg) > toy.base_flops(no_focus)
 
 
@@ -112,7 +116,22 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     assert "| endprompt | 256 | 1.00e+11 | 6 | 50 ± 10 | 50 ± 10 |" in text
     assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
-    assert "then 2500 steps at P0 on a retrieval-focused corpus" in text
+    assert "then 1000 steps at P0 on a retrieval-focused corpus" in text
+    assert "a warm-up of 1500 steps at 128 on passkey documents alone" in text and "--packing aligned" in text
     rows["base"]["evals"] = [evals(80.0)]
     assert "NOT strong enough" in toy.markdown({"config": cfg, "rows": rows}, meta)
     assert toy.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_dataset_is_built_with_the_configured_packing(toy, tmp_path) -> None:
+    """Base and variant data alike start each sample at a document start (`packing: aligned`)."""
+    import json
+
+    cfg = toy.load_toy_config(None, ["documents=300", "vocab_size=400", "focus_steps=10"])
+    _, prefixes = toy.build_all(tmp_path, cfg)
+    assert set(prefixes) == set(toy.schemes(cfg))
+    for prefix in prefixes.values():
+        meta = json.loads(Path(f"{prefix}.meta.json").read_text())
+        assert meta["config"]["packing"] == "aligned" and meta["counts"]["samples"] > 0, prefix
+    warmup = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "warmup.jsonl").open()]
+    assert len(warmup) == 150 and all("The pass key is" in t for t in warmup)  # passkey documents only
