@@ -87,25 +87,28 @@ class ToyConfig:
     vocab_size: int = 2048
     """SentencePiece vocabulary (digits always split; at 2048 most words are one piece)."""
     hidden_size: int = 256
-    """Model width (head dim 32: 8 heads). In our CPU trials width 256 learned passkey copying in far fewer
-    updates than width 128 (65% vs 0% after 1500 steps on passkey documents alone)."""
+    """Model width (head dim 32: 8 heads). In our CPU trials width 128 never learned in-context copying within
+    a session's budget; width 256 does (README)."""
     num_layers: int = 4
     """Transformer blocks."""
     base_length: int = 256
     """P0: base context and physical length of every short-sample variant."""
     factor: int = 8
     """T = factor * P0; PI factor."""
-    warmup_steps: int = 1500
+    warmup_steps: int = 1000
     """Base steps BEFORE the curriculum, on passkey documents alone (haystacks up to `warmup_max_words`) at the
     first curriculum length: where a small model first learns to copy from context. Without it our 4 M model
-    retrieved 0% after 1500 general-corpus steps; with it, 100% at 128 tokens after 1200 warm-up steps, kept
+    retrieved 0% after 1500 general-corpus steps; with it, 100% at 128 tokens after 1000 warm-up steps, kept
     through general training (README). 0 disables it."""
+    warmup_lr: float = 1e-3
+    """Constant LR of the warm-up (after 100 linear warm-up steps). With a cosine schedule from 1.5e-3 the same
+    1500 steps gave 20% instead of 100%: copying forms late, when a decaying LR is already small."""
     warmup_max_words: int = 60
     """Largest haystack of a warm-up document, in words (the documents fit the first curriculum length)."""
     base_curriculum: list[int] = field(default_factory=lambda: [128, 256])
     """Sequence lengths of successive base pretraining stages (the last must be P0; repeat a length to go on
     training at it with a fresh learning-rate cycle)."""
-    base_steps: list[int] = field(default_factory=lambda: [500, 2500])
+    base_steps: list[int] = field(default_factory=lambda: [500, 1500])
     """Optimizer steps of each curriculum stage."""
     focus_steps: int = 1000
     """Extra base steps at P0 after the curriculum, on a retrieval-focused corpus drawn by the same generator
@@ -113,7 +116,7 @@ class ToyConfig:
     its window. Extension variants never see this corpus."""
     focus_passkey_weight: float = 4.0
     """Passkey weight of the focused corpus (magic numbers and recall lists weigh 1)."""
-    base_lr: float = 1.5e-3
+    base_lr: float = 1e-3
     """Peak LR of base pretraining."""
     base_tokens_per_step: int = 1024
     """Tokens per base step (global batch = this / stage length). Small batches, many updates: copying from
@@ -157,8 +160,8 @@ class ToyConfig:
             raise ValueError("base_curriculum: the last stage must train at base_length (P0)")
         if len(self.base_steps) != len(self.base_curriculum):
             raise ValueError("base_steps: one entry per base_curriculum stage")
-        if self.warmup_steps < 0 or self.warmup_max_words < 5:
-            raise ValueError("warmup_steps must be >= 0 and warmup_max_words >= 5")
+        if self.warmup_steps < 0 or self.warmup_max_words < 5 or self.warmup_lr <= 0:
+            raise ValueError("warmup_steps must be >= 0, warmup_max_words >= 5 and warmup_lr > 0")
         if self.packing not in ("concat", "aligned"):  # `document` would skip every document shorter than P
             raise ValueError(f"packing: concat or aligned, got {self.packing!r}")
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -317,8 +320,11 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _train(out: Path, name: str, run: demo.RunSpec, model: dict) -> tuple[Path, float]:
-    """One training run through the CLI, reusing a finished one; returns (checkpoint, wall seconds)."""
+def _train(
+    out: Path, name: str, run: demo.RunSpec, model: dict, optimizer: dict | None = None
+) -> tuple[Path, float]:
+    """One training run through the CLI, reusing a finished one; returns (checkpoint, wall seconds).
+    `optimizer` overrides keys of the recipe's optimizer section."""
     from megatron_endprompt.training.checkpoint_io import find_latest
 
     done = out / "runs" / f"{name}.done.json"
@@ -326,7 +332,9 @@ def _train(out: Path, name: str, run: demo.RunSpec, model: dict) -> tuple[Path, 
         info = json.loads(done.read_text())
         return Path(info["checkpoint"]), info["seconds"]
     start = time.perf_counter()
-    ckpt = demo.run_training(out, name, demo.recipe(run, model))
+    spec = demo.recipe(run, model)
+    spec["optimizer"].update(optimizer or {})
+    ckpt = demo.run_training(out, name, spec)
     seconds = round(time.perf_counter() - start, 1)
     done.write_text(json.dumps({"checkpoint": str(find_latest(run.save) or ckpt), "seconds": seconds}))
     return ckpt, seconds
@@ -373,7 +381,11 @@ def train_base(out: Path, cfg: ToyConfig, data: dict[str, str]) -> tuple[Path, f
             seed=stage.seed,
             init_from=init,
         )
-        ckpt, seconds = _train(out, stage.name, run, cfg.model())
+        optimizer = None
+        if stage.name == "base_warmup":  # constant LR: copying forms late in the warm-up
+            optimizer = {"lr": cfg.warmup_lr, "min_lr": cfg.warmup_lr, "lr_schedule": "constant"}
+            optimizer["warmup_steps"] = min(100, stage.steps // 5)
+        ckpt, seconds = _train(out, stage.name, run, cfg.model(), optimizer)
         init, total = str(ckpt), total + seconds
     return Path(init), total
 
@@ -550,8 +562,8 @@ def base_recipe(cfg: dict) -> str:
     text = f"Base pretraining: {stages} ({cfg['base_tokens_per_step']} tokens per step, peak LR {cfg['base_lr']})"
     if cfg.get("warmup_steps"):
         text = (
-            f"Base pretraining: a warm-up of {cfg['warmup_steps']} steps at {cfg['base_curriculum'][0]} on "
-            f"passkey documents alone (haystacks up to {cfg['warmup_max_words']} words; a separate draw, never "
+            f"Base pretraining: a warm-up of {cfg['warmup_steps']} steps at {cfg['base_curriculum'][0]} "
+            f"(constant LR {cfg.get('warmup_lr')}) on passkey documents alone (haystacks up to {cfg['warmup_max_words']} words; a separate draw, never "
             f"used by the extension variants), then {stages} on the general corpus ({cfg['base_tokens_per_step']} "
             f"tokens per step, peak LR {cfg['base_lr']})"
         )

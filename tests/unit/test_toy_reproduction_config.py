@@ -117,7 +117,10 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
     assert "then 1000 steps at P0 on a retrieval-focused corpus" in text
-    assert "a warm-up of 1500 steps at 128 on passkey documents alone" in text and "--packing aligned" in text
+    assert (
+        "a warm-up of 1000 steps at 128 (constant LR 0.001) on passkey documents alone" in text
+        and "--packing aligned" in text
+    )
     rows["base"]["evals"] = [evals(80.0)]
     assert "NOT strong enough" in toy.markdown({"config": cfg, "rows": rows}, meta)
     assert toy.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
