@@ -138,3 +138,21 @@ def test_every_dataset_is_built_with_the_configured_packing(toy, tmp_path) -> No
         assert meta["config"]["packing"] == "aligned" and meta["counts"]["samples"] > 0, prefix
     warmup = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "warmup.jsonl").open()]
     assert len(warmup) == 150 and all("The pass key is" in t for t in warmup)  # passkey documents only
+
+
+def test_warmup_trains_at_a_constant_lr_and_the_curriculum_follows_it(toy, monkeypatch, tmp_path) -> None:
+    calls = []
+
+    def fake_train(out, name, run, model, optimizer=None):
+        calls.append((name, run.seq_length, run.steps, run.lr, run.init_from, optimizer))
+        return tmp_path / name, 1.0
+
+    monkeypatch.setattr(toy, "_train", fake_train)
+    cfg = toy.load_toy_config(None, [])
+    data = {name: f"/data/{name}" for name in toy.schemes(cfg)}
+    ckpt, seconds = toy.train_base(tmp_path, cfg, data)
+    assert [c[0] for c in calls] == ["base_warmup", "base_128", "base_256", "base_focus"]
+    assert calls[0][5] == {"lr": 1e-3, "min_lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 100}
+    assert all(c[5] is None for c in calls[1:])  # the curriculum keeps the recipe's cosine schedule
+    assert [c[4] for c in calls[1:]] == [str(tmp_path / n) for n in ("base_warmup", "base_128", "base_256")]
+    assert (ckpt, seconds) == (tmp_path / "base_focus", 4.0)
