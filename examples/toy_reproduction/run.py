@@ -494,14 +494,7 @@ def run_all(out: Path, cfg: ToyConfig) -> dict:
     """Data, base, every variant x seed, evaluation; returns the collected results (also results.json)."""
     tok, data = build_all(out, cfg)
     base, base_seconds = train_base(out, cfg, data)
-    rows = {
-        "base": {
-            "seconds": base_seconds,
-            "physical_length": cfg.base_length,
-            "flops": base_flops(cfg),
-            "evals": [evaluate_run(out, cfg, tok, "base", base, 0)],
-        }
-    }
+    variants = {}
     for variant in cfg.variants:
         row = {
             "physical_length": physical_length(cfg, variant),
@@ -513,7 +506,16 @@ def run_all(out: Path, cfg: ToyConfig) -> dict:
             ckpt, seconds = extend(out, cfg, data, base, variant, seed)
             row["seconds"].append(seconds)
             row["evals"].append(evaluate_run(out, cfg, tok, f"{variant}_s{seed}", ckpt, seed))
-        rows[variant] = row
+        variants[variant] = row
+    # The base is evaluated last: several processes splitting `variants` over one --out start their own work
+    # at once, and whichever finishes first leaves the base evaluation cached for the others.
+    base_row = {
+        "seconds": base_seconds,
+        "physical_length": cfg.base_length,
+        "flops": base_flops(cfg),
+        "evals": [evaluate_run(out, cfg, tok, "base", base, 0)],
+    }
+    rows = {"base": base_row, **variants}
     results = {"config": dataclasses.asdict(cfg), "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
