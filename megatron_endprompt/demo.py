@@ -288,8 +288,9 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
     return Path(latest)
 
 
-def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
-    """Base weights with linear RoPE scaling T/P0, no fine-tuning (a copy with an edited model config)."""
+def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig, rope_scaling: dict | None = None) -> Path:
+    """Base weights with linear RoPE scaling T/P0 (or the given `rope_scaling` fields), no fine-tuning: a copy
+    with an edited model config."""
     from megatron_endprompt.training.config import MODEL_CONFIG_FILE
 
     dest = out / "runs" / "pi_only"
@@ -297,7 +298,8 @@ def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
         shutil.rmtree(dest)
     shutil.copytree(base_ckpt, dest)
     cfg = json.loads((dest / MODEL_CONFIG_FILE).read_text())
-    cfg["rope_scaling"] = {**cfg["rope_scaling"], "type": "linear", "factor": float(dc.factor)}
+    scaling = rope_scaling or {"type": "linear", "factor": float(dc.factor)}
+    cfg["rope_scaling"] = {**cfg["rope_scaling"], **scaling}
     (dest / MODEL_CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
     return dest
 

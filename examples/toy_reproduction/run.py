@@ -5,7 +5,8 @@
    SentencePiece tokenizer trained on it.
 2. A base model pretrained at context P0 (optionally with a length curriculum, e.g. 64 -> 128 -> P0), which
    must be strong inside its window (the script reports its passkey accuracy at P0).
-3. Extension variants, each starting from the base weights with PI factor T/P0 and fine-tuned on the SAME
+3. Extension variants, each starting from the base weights with RoPE scaling T/P0 (PI; `scaling: yarn` for
+   YaRN) and fine-tuned on the SAME
    general corpus (no long-context data) with an equal token budget: `pi_only` (no fine-tuning),
    `contiguous_short` (P0 samples, plain positions), `endprompt` (paper cues, cue loss weight),
    `endprompt_tail_fixed` / `endprompt_tail_random` (the released code's terminal tail), `pose`,
@@ -49,6 +50,8 @@ logger = logging.getLogger("toy_reproduction")
 
 PAPER_CUES = ("This is the end of text, please pay attention here", "@token:<|eot|>", "End.")
 """EP_1, EP_2 (the tokenizer's end-of-turn token; our SentencePiece models carry <|eot|>), EP_3."""
+
+SCALING_NAMES = {"linear": "PI", "yarn": "YaRN"}
 
 VARIANTS = (
     "pi_only",
@@ -94,7 +97,11 @@ class ToyConfig:
     base_length: int = 256
     """P0: base context and physical length of every short-sample variant."""
     factor: int = 8
-    """T = factor * P0; PI factor."""
+    """T = factor * P0; the RoPE scaling factor."""
+    scaling: str = "linear"
+    """RoPE scaling of every extension variant (and of `pi_only`, which is then "scaling only"): `linear`
+    (position interpolation, the paper's setting) or `yarn` (original window P0). At this scale PI 8 erased the
+    base's passkey retrieval even inside P0, while YaRN kept it without any fine-tuning (README)."""
     warmup_steps: int = 1000
     """Base steps BEFORE the curriculum, on passkey documents alone (haystacks up to `warmup_max_words`) at the
     first curriculum length: where a small model first learns to copy from context. Without it our 4 M model
@@ -162,6 +169,8 @@ class ToyConfig:
             raise ValueError("base_steps: one entry per base_curriculum stage")
         if self.warmup_steps < 0 or self.warmup_max_words < 5 or self.warmup_lr <= 0:
             raise ValueError("warmup_steps must be >= 0, warmup_max_words >= 5 and warmup_lr > 0")
+        if self.scaling not in ("linear", "yarn"):
+            raise ValueError(f"scaling: linear or yarn, got {self.scaling!r}")
         if self.packing not in ("concat", "aligned"):  # `document` would skip every document shorter than P
             raise ValueError(f"packing: concat or aligned, got {self.packing!r}")
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -397,11 +406,11 @@ def physical_length(cfg: ToyConfig, variant: str) -> int:
 def extend(
     out: Path, cfg: ToyConfig, data: dict[str, str], base: Path, variant: str, seed: int
 ) -> tuple[Path, float]:
-    """Fine-tune `variant` from the base weights with PI factor T/P0 (pi_only: no training, config only)."""
+    """Fine-tune `variant` from the base weights with RoPE scaling T/P0 (pi_only: no training, config only)."""
     name = f"{variant}_s{seed}"
     if variant == "pi_only":
         dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
-        return demo.pi_only(out, base, dc), 0.0
+        return demo.pi_only(out, base, dc, rope_scaling(cfg)), 0.0
     p = physical_length(cfg, variant)
     run = demo.RunSpec(
         data[variant],
@@ -414,7 +423,15 @@ def extend(
         init_from=str(base),
         cue_loss_weight=cfg.cue_loss_weight,
     )
-    return _train(out, name, run, cfg.model(rope_scaling={"type": "linear", "factor": float(cfg.factor)}))
+    return _train(out, name, run, cfg.model(rope_scaling=rope_scaling(cfg)))
+
+
+def rope_scaling(cfg: ToyConfig) -> dict:
+    """ModelConfig.rope_scaling fields of every extended model."""
+    scaling = {"type": cfg.scaling, "factor": float(cfg.factor)}
+    if cfg.scaling == "yarn":
+        scaling["original_max_position_embeddings"] = cfg.base_length
+    return scaling
 
 
 def base_flops(cfg: ToyConfig) -> float:
@@ -603,7 +620,7 @@ def markdown(results: dict, meta: dict) -> str:
         f"total wall time {meta['wall_minutes']:.0f} min).",
         "",
         f"A {cfg['num_layers']}-layer, width-{cfg['hidden_size']} model pretrained at P0 = {cfg['base_length']} "
-        f"is extended {cfg['factor']}x to T = {t} (PI factor {cfg['factor']}); every variant fine-tunes on the "
+        f"is extended {cfg['factor']}x to T = {t} ({SCALING_NAMES[cfg.get('scaling', 'linear')]} factor {cfg['factor']}); every variant fine-tunes on the "
         f"same general corpus for {cfg['extend_steps']} steps of {cfg['extend_tokens_per_step']} tokens. "
         f"Task scores: accuracy (%) over {len(cfg['eval_depths'])} depths x {cfg['eval_samples']} prompts; "
         f"perplexity: {cfg.get('ppl_windows')} held-out windows per length, whole window and its last quarter "

@@ -49,6 +49,8 @@ def test_bad_settings_name_the_key(toy) -> None:
         toy.load_toy_config(None, ["base_curriculum=[64,128]", "base_steps=[1,1]"])
     with pytest.raises(ValueError, match="variants"):
         toy.load_toy_config(None, ["variants=[magic]"])
+    with pytest.raises(ValueError, match="scaling: linear or yarn, got 'ntk'"):
+        toy.load_toy_config(None, ["scaling=ntk"])
     with pytest.raises(ValueError, match="packing: concat or aligned, got 'document'"):
         toy.load_toy_config(None, ["packing=document"])
 
@@ -156,3 +158,23 @@ def test_warmup_trains_at_a_constant_lr_and_the_curriculum_follows_it(toy, monke
     assert all(c[5] is None for c in calls[1:])  # the curriculum keeps the recipe's cosine schedule
     assert [c[4] for c in calls[1:]] == [str(tmp_path / n) for n in ("base_warmup", "base_128", "base_256")]
     assert (ckpt, seconds) == (tmp_path / "base_focus", 4.0)
+
+
+def test_scaling_reaches_every_extended_model(toy, tmp_path) -> None:
+    """`scaling` sets the RoPE scaling of the fine-tuned variants and of the no-fine-tuning copy alike."""
+    import json
+
+    cfg = toy.load_toy_config(None, ["scaling=yarn"])
+    expected = {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 256}
+    assert toy.rope_scaling(cfg) == expected
+    assert toy.rope_scaling(toy.load_toy_config(None, [])) == {"type": "linear", "factor": 8.0}
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "endprompt_model.json").write_text(
+        json.dumps({"rope_scaling": {"type": "none", "beta_fast": 32.0}})
+    )
+    copy = toy.extend(tmp_path, cfg, {}, base, "pi_only", 0)[0]
+    assert json.loads((copy / "endprompt_model.json").read_text())["rope_scaling"] == {
+        "beta_fast": 32.0,
+        **expected,
+    }
