@@ -350,22 +350,36 @@ def _train(
 
 
 class BaseStage(NamedTuple):
-    """One base pretraining run: its name, the dataset it reads, window length, steps and data-order seed."""
+    """One base pretraining run: its name, the dataset it reads, window length, steps, data-order seed and
+    overrides of the recipe's optimizer section (None: the recipe's cosine schedule at `base_lr`)."""
 
     name: str
     dataset: str
     length: int
     steps: int
     seed: int
+    optimizer: dict | None = None
+
+
+def warmup_optimizer(cfg: ToyConfig) -> dict:
+    """Constant LR for the warm-up: copying forms late in it, when a decaying LR would already be small."""
+    return {
+        "lr": cfg.warmup_lr,
+        "min_lr": cfg.warmup_lr,
+        "lr_schedule": "constant",
+        "warmup_steps": min(100, cfg.warmup_steps // 5),
+    }
 
 
 def base_stages(cfg: ToyConfig) -> list[BaseStage]:
-    """The base pretraining runs in order (the warm-up, if any, first); a length repeated continues at that length with a new name and a new
-    data order (`base_256`, then `base_256_1`, ...); the focus stage (if any) comes last."""
+    """The base pretraining runs in order (the warm-up, if any, first); a length repeated continues at that
+    length with a new name and a new data order (`base_256`, then `base_256_1`, ...); the focus stage (if any)
+    comes last."""
     stages, seen = [], {}
     if cfg.warmup_steps:
         first = cfg.base_curriculum[0]
-        stages.append(BaseStage("base_warmup", "base_warmup", first, cfg.warmup_steps, 0))
+        warmup = BaseStage("base_warmup", "base_warmup", first, cfg.warmup_steps, 0, warmup_optimizer(cfg))
+        stages.append(warmup)
     for length, steps in zip(cfg.base_curriculum, cfg.base_steps, strict=True):
         k = seen[length] = seen.get(length, -1) + 1
         stages.append(
@@ -390,11 +404,7 @@ def train_base(out: Path, cfg: ToyConfig, data: dict[str, str]) -> tuple[Path, f
             seed=stage.seed,
             init_from=init,
         )
-        optimizer = None
-        if stage.name == "base_warmup":  # constant LR: copying forms late in the warm-up
-            optimizer = {"lr": cfg.warmup_lr, "min_lr": cfg.warmup_lr, "lr_schedule": "constant"}
-            optimizer["warmup_steps"] = min(100, stage.steps // 5)
-        ckpt, seconds = _train(out, stage.name, run, cfg.model(), optimizer)
+        ckpt, seconds = _train(out, stage.name, run, cfg.model(), stage.optimizer)
         init, total = str(ckpt), total + seconds
     return Path(init), total
 
@@ -578,14 +588,18 @@ def base_recipe(cfg: dict) -> str:
     stages = ", ".join(
         f"{n} steps at {s}" for s, n in zip(cfg["base_curriculum"], cfg["base_steps"], strict=True)
     )
-    text = f"Base pretraining: {stages} ({cfg['base_tokens_per_step']} tokens per step, peak LR {cfg['base_lr']})"
+    warmup = ""
     if cfg.get("warmup_steps"):
-        text = (
-            f"Base pretraining: a warm-up of {cfg['warmup_steps']} steps at {cfg['base_curriculum'][0]} "
-            f"(constant LR {cfg.get('warmup_lr')}) on passkey documents alone (haystacks up to {cfg['warmup_max_words']} words; a separate draw, never "
-            f"used by the extension variants), then {stages} on the general corpus ({cfg['base_tokens_per_step']} "
-            f"tokens per step, peak LR {cfg['base_lr']})"
+        warmup = (
+            f"a warm-up of {cfg['warmup_steps']} steps at {cfg['base_curriculum'][0]} (constant LR "
+            f"{cfg.get('warmup_lr')}) on passkey documents alone (haystacks up to {cfg['warmup_max_words']} "
+            "words; a separate draw, never used by the extension variants), then "
         )
+        stages += " on the general corpus"
+    text = (
+        f"Base pretraining: {warmup}{stages} ({cfg['base_tokens_per_step']} tokens per step, "
+        f"peak LR {cfg['base_lr']})"
+    )
     if cfg.get("focus_steps"):
         text += (
             f", then {cfg['focus_steps']} steps at P0 on a retrieval-focused corpus from the same generator "

@@ -76,12 +76,13 @@ def test_eval_draws_keys_like_the_corpus(toy) -> None:
 def test_base_stages_warmup_first_repeat_lengths_and_end_with_the_focus_stage(toy) -> None:
     curriculum = ["base_curriculum=[128,256,256]", "base_steps=[10,20,30]"]
     cfg = toy.load_toy_config(None, [*curriculum, "focus_steps=5", "warmup_steps=7"])
+    constant = {"lr": 1e-3, "min_lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 1}
     assert toy.base_stages(cfg) == [
-        ("base_warmup", "base_warmup", 128, 7, 0),  # passkey documents alone, at the first length
-        ("base_128", "base_128", 128, 10, 0),
-        ("base_256", "base_256", 256, 20, 0),
-        ("base_256_1", "base_256", 256, 30, 1),  # same data, new order
-        ("base_focus", "base_focus", 256, 5, 0),
+        ("base_warmup", "base_warmup", 128, 7, 0, constant),  # passkey documents alone, at the first length
+        ("base_128", "base_128", 128, 10, 0, None),
+        ("base_256", "base_256", 256, 20, 0, None),
+        ("base_256_1", "base_256", 256, 30, 1, None),  # same data, new order
+        ("base_focus", "base_focus", 256, 5, 0, None),
     ]
     assert set(toy.schemes(cfg)) >= {"base_128", "base_256", "base_focus"}  # one dataset per length + focus
     no_focus = toy.load_toy_config(None, [*curriculum, "focus_steps=0", "warmup_steps=0"])
