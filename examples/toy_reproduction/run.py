@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -123,6 +124,13 @@ class ToyConfig:
     its window. Extension variants never see this corpus."""
     focus_passkey_weight: float = 4.0
     """Passkey weight of the focused corpus (magic numbers and recall lists weigh 1)."""
+    focus_min_words: int = 80
+    """Smallest haystack of a focused document, in words. The eval's needle at depth 0 of a P0 prompt sits
+    ~216 tokens before its question; general documents (haystacks 5..max_words, log-uniform) put a needle that
+    far in under 1% of passkey documents, and our base then read depth-0 needles at 80% (README)."""
+    focus_max_words: int = 170
+    """Largest haystack of a focused document, in words (80..170 words: documents of ~130-290 tokens; the ~10%
+    longer than P0 lose their question to `aligned` packing, the price of distances up to ~220 tokens)."""
     base_lr: float = 1e-3
     """Peak LR of base pretraining."""
     base_tokens_per_step: int = 1024
@@ -169,6 +177,10 @@ class ToyConfig:
             raise ValueError("base_steps: one entry per base_curriculum stage")
         if self.warmup_steps < 0 or self.warmup_max_words < 5 or self.warmup_lr <= 0:
             raise ValueError("warmup_steps must be >= 0, warmup_max_words >= 5 and warmup_lr > 0")
+        if not 5 <= self.focus_min_words <= self.focus_max_words:
+            raise ValueError(
+                f"need 5 <= focus_min_words <= focus_max_words, got {self.focus_min_words}, {self.focus_max_words}"
+            )
         if self.scaling not in ("linear", "yarn"):
             raise ValueError(f"scaling: linear or yarn, got {self.scaling!r}")
         if self.packing not in ("concat", "aligned"):  # `document` would skip every document shorter than P
@@ -291,6 +303,8 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
             retrieval_fraction=1.0,
             repeat_fraction=0.0,
             passkey_weight=cfg.focus_passkey_weight,
+            min_words=cfg.focus_min_words,
+            max_words=cfg.focus_max_words,
         )
         write_corpus(focus, focused)
     warmup = out / "corpus" / "warmup.jsonl"
@@ -329,23 +343,70 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
 # ------------------------------------------------------------------------------------------------ training
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """Whole or not at all: a process killed mid-write leaves no truncated cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def done_file(ckpt: Path) -> Path:
+    """The `<run>.done.json` next to a run directory, for a checkpoint inside it (or the run itself)."""
+    ckpt = Path(ckpt)
+    own = ckpt.with_suffix(".done.json")
+    return own if own.is_file() else ckpt.parent.with_suffix(".done.json")
+
+
+def lineage(ckpt: Path | str | None) -> str:
+    """The fingerprint recorded for the run that wrote `ckpt` ("" when none was recorded)."""
+    if not ckpt:
+        return ""
+    done = done_file(Path(ckpt))
+    return json.loads(done.read_text()).get("fingerprint", "") if done.is_file() else ""
+
+
+def fingerprint(out: Path, settings: dict, parent: str) -> str:
+    """What a cached result depends on: its settings (paths relative to --out) and its parent's fingerprint,
+    so that retraining the base invalidates every variant and evaluation made from it."""
+    text = json.dumps(settings, sort_keys=True, default=str).replace(str(out), "<out>")
+    return hashlib.sha256((text + parent).encode()).hexdigest()[:16]
+
+
+def reusable(done: Path, expected: str, what: str, legacy_ok: bool = True) -> bool:
+    """A cached result may be reused when it was made with the same settings. Older caches carry no
+    fingerprint: training runs are reused with a warning (`legacy_ok`), evaluations are made again."""
+    if not done.is_file():
+        return False
+    recorded = json.loads(done.read_text()).get("fingerprint")
+    if recorded is None and legacy_ok:
+        logger.warning("%s: reusing %s, which records no settings fingerprint", what, done)
+        return True
+    if recorded != expected:
+        logger.info("%s: settings changed since %s was made; computing it again", what, done)
+    return recorded == expected
+
+
 def _train(
     out: Path, name: str, run: demo.RunSpec, model: dict, optimizer: dict | None = None
 ) -> tuple[Path, float]:
-    """One training run through the CLI, reusing a finished one; returns (checkpoint, wall seconds).
-    `optimizer` overrides keys of the recipe's optimizer section."""
+    """One training run through the CLI, reusing a finished one made with the same settings; returns
+    (checkpoint, wall seconds). `optimizer` overrides keys of the recipe's optimizer section."""
     from megatron_endprompt.training.checkpoint_io import find_latest
 
-    done = out / "runs" / f"{name}.done.json"
-    if done.is_file():
-        info = json.loads(done.read_text())
-        return Path(info["checkpoint"]), info["seconds"]
-    start = time.perf_counter()
     spec = demo.recipe(run, model)
     spec["optimizer"].update(optimizer or {})
+    done = out / "runs" / f"{name}.done.json"
+    key = fingerprint(out, spec, lineage(run.init_from))
+    if reusable(done, key, f"training {name}"):
+        info = json.loads(done.read_text())
+        return Path(info["checkpoint"]), info["seconds"]
+    done.unlink(missing_ok=True)  # a run killed from here on leaves no stale marker
+    start = time.perf_counter()
     ckpt = demo.run_training(out, name, spec)
     seconds = round(time.perf_counter() - start, 1)
-    done.write_text(json.dumps({"checkpoint": str(find_latest(run.save) or ckpt), "seconds": seconds}))
+    info = {"checkpoint": str(find_latest(run.save) or ckpt), "seconds": seconds, "fingerprint": key}
+    write_json(done, info)
     return ckpt, seconds
 
 
@@ -419,8 +480,7 @@ def extend(
     """Fine-tune `variant` from the base weights with RoPE scaling T/P0 (pi_only: no training, config only)."""
     name = f"{variant}_s{seed}"
     if variant == "pi_only":
-        dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
-        return demo.pi_only(out, base, dc, rope_scaling(cfg)), 0.0
+        return scaled_copy(out, cfg, base), 0.0
     p = physical_length(cfg, variant)
     run = demo.RunSpec(
         data[variant],
@@ -434,6 +494,19 @@ def extend(
         cue_loss_weight=cfg.cue_loss_weight,
     )
     return _train(out, name, run, cfg.model(rope_scaling=rope_scaling(cfg)))
+
+
+def scaled_copy(out: Path, cfg: ToyConfig, base: Path) -> Path:
+    """`pi_only`: the base weights with the extension's RoPE scaling, no fine-tuning (made once per base and
+    scaling: processes splitting the variants over one --out may be evaluating it)."""
+    done = out / "runs" / "pi_only.done.json"
+    key = fingerprint(out, {"base": str(base), "rope_scaling": rope_scaling(cfg)}, lineage(base))
+    if reusable(done, key, "pi_only") and (out / "runs" / "pi_only").is_dir():
+        return out / "runs" / "pi_only"
+    dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
+    copy = demo.pi_only(out, base, dc, rope_scaling(cfg))
+    write_json(done, {"checkpoint": str(copy), "seconds": 0.0, "fingerprint": key})
+    return copy
 
 
 def rope_scaling(cfg: ToyConfig) -> dict:
@@ -486,33 +559,33 @@ def task_options(cfg: ToyConfig) -> dict[str, dict[str, int]]:
 
 
 def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: Path, seed: int) -> dict:
-    """`eval.evaluate` on one checkpoint (cached in <out>/eval/<label>.json)."""
-    path = out / "eval" / f"{label}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """`eval.evaluate` on one checkpoint (cached in <out>/eval/<label>.json while the eval settings and the
+    checkpoint's lineage stay the same)."""
     from megatron_endprompt.data.tokenizers import load_tokenizer
     from megatron_endprompt.eval.backends import MegatronBackend
     from megatron_endprompt.eval.runner import evaluate
 
+    path = out / "eval" / f"{label}.json"
+    request = {
+        "tasks": cfg.eval_tasks,
+        "lengths": cfg.eval_lengths,
+        "depths": cfg.eval_depths,
+        "samples": cfg.eval_samples,
+        "seed": seed,
+        "max_new_tokens": cfg.max_new_tokens,
+        "ppl_data": str(out / "corpus" / "heldout.jsonl") if "perplexity" in cfg.eval_tasks else None,
+        "ppl_windows": cfg.ppl_windows,
+        "task_options": task_options(cfg),
+    }
+    key = fingerprint(out, {**request, "checkpoint": str(ckpt)}, lineage(ckpt))
+    if reusable(path, key, f"eval {label}", legacy_ok=False):
+        return json.loads(path.read_text())
     tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
-    result = evaluate(
-        MegatronBackend.from_checkpoint(ckpt),
-        tok,
-        cfg.eval_tasks,
-        cfg.eval_lengths,
-        cfg.eval_depths,
-        cfg.eval_samples,
-        seed=seed,
-        max_new_tokens=cfg.max_new_tokens,
-        ppl_data=str(out / "corpus" / "heldout.jsonl") if "perplexity" in cfg.eval_tasks else None,
-        ppl_windows=cfg.ppl_windows,
-        progress=False,
-        task_options=task_options(cfg),
-        answer_nll=True,
-    )
+    backend = MegatronBackend.from_checkpoint(ckpt)
+    result = evaluate(backend, tok, progress=False, answer_nll=True, **request)
     result.pop("samples", None)  # keep the files small; scores per length and depth stay
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    result["fingerprint"] = key
+    write_json(path, result)
     logger.info("eval %s: %s", label, result["results"])
     return result
 
@@ -544,7 +617,7 @@ def run_all(out: Path, cfg: ToyConfig) -> dict:
     }
     rows = {"base": base_row, **variants}
     results = {"config": dataclasses.asdict(cfg), "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     return results
 
 
@@ -604,7 +677,8 @@ def base_recipe(cfg: dict) -> str:
         text += (
             f", then {cfg['focus_steps']} steps at P0 on a retrieval-focused corpus from the same generator "
             f"(retrieval documents only, passkeys weighted {cfg['focus_passkey_weight']}:1:1 against magic "
-            "numbers and recall lists; never used by the extension variants)"
+            f"numbers and recall lists, haystacks {cfg.get('focus_min_words', 5)}.."
+            f"{cfg.get('focus_max_words', cfg['max_words'])} words; never used by the extension variants)"
         )
     text += f". Every dataset is packed with `--packing {cfg.get('packing', 'concat')}`"
     return (
@@ -622,6 +696,26 @@ def precision_note(cfg: dict) -> str:
     )
 
 
+def compute_minutes(rows: dict) -> str:
+    """Time summed over every cached run (true however the runs were split over processes or invocations)."""
+    train = sum(sum(r["seconds"]) if isinstance(r["seconds"], list) else r["seconds"] for r in rows.values())
+    evals = sum(e.get("elapsed_s", 0.0) for r in rows.values() for e in r["evals"])
+    return f"training {train / 60:.0f} min and evaluation {evals / 60:.0f} min, summed over runs"
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command line as run, without `--note` (the note is printed under the report)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--note="):
+            skip = False
+            continue
+        skip = arg == "--note"
+        if not skip:
+            kept.append(arg)
+    return "python " + " ".join(shlex.quote(a) for a in kept)
+
+
 def markdown(results: dict, meta: dict) -> str:
     """The report: what was run, how long it took, and the scores."""
     cfg, rows = results["config"], results["rows"]
@@ -630,8 +724,8 @@ def markdown(results: dict, meta: dict) -> str:
     lines = [
         "# Toy reproduction: context extension variants on a CPU-sized model",
         "",
-        f"**Small-scale numbers** from `{meta['command']}` ({meta['date']}, {meta['hardware']}, "
-        f"total wall time {meta['wall_minutes']:.0f} min).",
+        f"**Small-scale numbers** from `{meta['command']}` ({meta['date']}, {meta['hardware']}; "
+        f"wall time of this invocation {meta['wall_minutes']:.0f} min; {compute_minutes(rows)}).",
         "",
         f"A {cfg['num_layers']}-layer, width-{cfg['hidden_size']} model pretrained at P0 = {cfg['base_length']} "
         f"is extended {cfg['factor']}x to T = {t} ({SCALING_NAMES[cfg.get('scaling', 'linear')]} factor {cfg['factor']}); every variant fine-tunes on the "
@@ -770,13 +864,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = run_all(args.out, cfg)
         meta = {
-            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+            "command": recorded_command([sys.argv[0], *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "hardware": hardware(),
             "wall_minutes": (time.time() - start) / 60,
         }
         results["meta"] = meta
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        write_json(args.out / "results.json", results)
     report = args.report_dir / f"{args.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     png = plot(results, args.report_dir / f"{args.name}.png")

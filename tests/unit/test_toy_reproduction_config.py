@@ -2,6 +2,7 @@
 budget is equal across variants while FLOPs reflect the physical length."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def test_bad_settings_name_the_key(toy) -> None:
         toy.load_toy_config(None, ["scaling=ntk"])
     with pytest.raises(ValueError, match="packing: concat or aligned, got 'document'"):
         toy.load_toy_config(None, ["packing=document"])
+    with pytest.raises(ValueError, match="focus_min_words <= focus_max_words, got 200, 170"):
+        toy.load_toy_config(None, ["focus_min_words=200"])
 
 
 def test_shipped_yaml_equals_the_documented_defaults(toy) -> None:
@@ -104,6 +107,7 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
             "results": {"passkey": scores, "niah_single_1": scores},
             "answer_nll": {"passkey": nll, "niah_single_1": nll},
             "perplexity": ppl,
+            "elapsed_s": 40.0,
         }
 
     rows = {"base": {"seconds": 60.0, "physical_length": 256, "flops": 1e12, "evals": [evals(96.0)]}}
@@ -116,6 +120,8 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     meta = {"command": "python run.py", "date": "2026-11-28", "hardware": "cpu", "wall_minutes": 3.0}
     text = toy.markdown({"config": cfg, "rows": rows}, meta)
     assert "passkey accuracy at P0 = 256: 96% (strong enough" in text
+    # 60 s base + 5 s + 7 s variant seeds = 72 s of training; 3 evals of 40 s
+    assert "this invocation 3 min; training 1 min and evaluation 2 min, summed over runs" in text
     assert "| endprompt | 256 | 1.00e+11 | 6 | 50 ± 10 | 50 ± 10 |" in text
     assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
@@ -141,6 +147,10 @@ def test_every_dataset_is_built_with_the_configured_packing(toy, tmp_path) -> No
         assert meta["config"]["packing"] == "aligned" and meta["counts"]["samples"] > 0, prefix
     warmup = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "warmup.jsonl").open()]
     assert len(warmup) == 150 and all("The pass key is" in t for t in warmup)  # passkey documents only
+    focus = [json.loads(line)["text"] for line in (tmp_path / "corpus" / "focus.jsonl").open()]
+    passkeys = [t for t in focus if t.startswith("There is an important info")]
+    # instruction (24 words) + needle (10) + question (7) + answer (1) around an 80..170-word haystack
+    assert passkeys and all(80 + 42 <= len(t.split()) <= 170 + 42 + 8 for t in passkeys)
 
 
 def test_warmup_trains_at_a_constant_lr_and_the_curriculum_follows_it(toy, monkeypatch, tmp_path) -> None:
@@ -179,3 +189,67 @@ def test_scaling_reaches_every_extended_model(toy, tmp_path) -> None:
         "beta_fast": 32.0,
         **expected,
     }
+
+
+def test_cached_runs_are_reused_only_with_the_same_settings(toy, monkeypatch, tmp_path) -> None:
+    """A changed setting retrains that run and everything trained from it; an unchanged one is reused."""
+    trained = []
+
+    def fake_run_training(out, name, spec):
+        trained.append(name)
+        ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        return ckpt
+
+    monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
+    (tmp_path / "runs").mkdir()
+
+    def chain(lr: float, variant_steps: int) -> None:
+        base = toy.demo.RunSpec("/d/base", 256, 4, 10, lr, str(tmp_path / "runs" / "base"))
+        ckpt, _ = toy._train(tmp_path, "base", base, {})
+        run = toy.demo.RunSpec(
+            "/d/v", 256, 4, variant_steps, 1e-4, str(tmp_path / "runs" / "v"), init_from=str(ckpt)
+        )
+        toy._train(tmp_path, "v", run, {})
+
+    chain(1e-3, 5)
+    chain(1e-3, 5)
+    assert trained == ["base", "v"]  # the second call reused both
+    chain(1e-3, 6)
+    assert trained[2:] == ["v"]  # only the variant's settings changed
+    chain(2e-3, 6)
+    assert trained[3:] == ["base", "v"]  # a new base invalidates the variant trained from it
+    done = json.loads((tmp_path / "runs" / "v.done.json").read_text())
+    assert done["checkpoint"].endswith("iter_0000001") and len(done["fingerprint"]) == 16
+
+
+def test_evaluations_are_redone_when_the_eval_settings_change(toy, monkeypatch, tmp_path) -> None:
+    import megatron_endprompt.data.tokenizers as tokenizers
+    import megatron_endprompt.eval.backends as backends
+    import megatron_endprompt.eval.runner as runner
+
+    calls = []
+
+    def fake_evaluate(backend, tok, **request):
+        calls.append(request["samples"])
+        return {"results": {"passkey": {"256": 100.0}}, "samples": ["dropped"]}
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr(tokenizers, "load_tokenizer", lambda *a: None)
+    monkeypatch.setattr(backends.MegatronBackend, "from_checkpoint", staticmethod(lambda ckpt: None))
+    ckpt = tmp_path / "runs" / "base" / "iter_0000001"
+    for samples in (5, 5, 10):
+        cfg = toy.load_toy_config(None, [f"eval_samples={samples}"])
+        result = toy.evaluate_run(tmp_path, cfg, tmp_path / "tok.model", "base", ckpt, seed=0)
+    assert calls == [5, 10] and "samples" not in result
+    cached = json.loads((tmp_path / "eval" / "base.json").read_text())
+    assert cached["fingerprint"] == result["fingerprint"]
+    del cached["fingerprint"]  # an older cache without one is evaluated again
+    (tmp_path / "eval" / "base.json").write_text(json.dumps(cached))
+    toy.evaluate_run(tmp_path, cfg, tmp_path / "tok.model", "base", ckpt, seed=0)
+    assert calls == [5, 10, 10]
+
+
+def test_recorded_command_leaves_the_note_out(toy) -> None:
+    argv = ["run.py", "--out", "o", "--note", "long text", "--set", "a=1", "--note=x y"]
+    assert toy.recorded_command(argv) == "python run.py --out o --set a=1"
