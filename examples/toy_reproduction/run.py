@@ -284,11 +284,51 @@ def write_passkey_corpus(path: Path, cfg: ToyConfig, documents: int, seed: int) 
     return path
 
 
+DATA_KEYS = (
+    "documents",
+    "max_words",
+    "retrieval_fraction",
+    "repeat_fraction",
+    "passkey_max",
+    "value_digits",
+    "packing",
+    "vocab_size",
+    "base_length",
+    "factor",
+    "warmup_max_words",
+    "focus_passkey_weight",
+    "focus_min_words",
+    "focus_max_words",
+    "terminal_length",
+    "pose_chunks",
+)
+"""Settings the corpora, tokenizer and datasets are made from: fixed for the lifetime of an --out directory."""
+
+
+def check_data_settings(out: Path, cfg: ToyConfig) -> None:
+    """Refuse an --out whose data was made with other settings (training runs would silently read it)."""
+    path = out / "data_settings.json"
+    wanted = {key: getattr(cfg, key) for key in DATA_KEYS}
+    if not path.is_file():
+        write_json(path, wanted)
+        return
+    made = json.loads(path.read_text())
+    changed = sorted(k for k in DATA_KEYS if k in made and made[k] != wanted[k])
+    if changed:
+        detail = ", ".join(f"{k}: {made[k]} there, {wanted[k]} now" for k in changed)
+        raise ValueError(
+            f"--out {out} holds data made with other settings ({detail}); use a fresh --out, or --set the "
+            "values it was made with"
+        )
+    write_json(path, {**made, **wanted})  # records keys added since the data was made
+
+
 def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
-    """Corpus, tokenizer and every dataset (skipped when already built)."""
+    """Corpus, tokenizer and every dataset (skipped when already built with the same data settings)."""
     from megatron_endprompt.data.builder import BuildConfig, build
     from megatron_endprompt.data.tokenizers import train_sentencepiece
 
+    check_data_settings(out, cfg)
     corpus = out / "corpus" / "train.jsonl"
     if not corpus.is_file():
         write_corpus(corpus, corpus_config(cfg, cfg.documents, seed=0))

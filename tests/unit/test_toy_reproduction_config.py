@@ -253,3 +253,12 @@ def test_evaluations_are_redone_when_the_eval_settings_change(toy, monkeypatch, 
 def test_recorded_command_leaves_the_note_out(toy) -> None:
     argv = ["run.py", "--out", "o", "--note", "long text", "--set", "a=1", "--note=x y"]
     assert toy.recorded_command(argv) == "python run.py --out o --set a=1"
+
+
+def test_an_out_dir_keeps_the_data_settings_it_was_made_with(toy, tmp_path) -> None:
+    toy.check_data_settings(tmp_path, toy.load_toy_config(None, []))
+    toy.check_data_settings(tmp_path, toy.load_toy_config(None, ["extend_steps=7", "scaling=yarn"]))
+    with pytest.raises(ValueError, match=r"documents: 30000 there, 500 now\); use a fresh --out"):
+        toy.check_data_settings(tmp_path, toy.load_toy_config(None, ["documents=500"]))
+    recorded = json.loads((tmp_path / "data_settings.json").read_text())
+    assert recorded["documents"] == 30000 and set(recorded) == set(toy.DATA_KEYS)
