@@ -900,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if args.report_only:
         results = json.loads((args.out / "results.json").read_text())
-        meta = results["meta"]
+        meta = {**results["meta"], "command": recorded_command(shlex.split(results["meta"]["command"])[1:])}
     else:
         results = run_all(args.out, cfg)
         meta = {

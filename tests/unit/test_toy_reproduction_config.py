@@ -94,21 +94,26 @@ def test_base_stages_warmup_first_repeat_lengths_and_end_with_the_focus_stage(to
     assert toy.base_flops(cfg) > toy.base_flops(no_focus)
 
 
+def fake_evals(lengths: list[int], passkey: float) -> dict:
+    """One evaluation's JSON as `evaluate_run` caches it, with the same score at every length."""
+    scores = {str(n): passkey for n in lengths}
+    ppl = {str(n): {"ppl": 2.0, "tail_ppl": 2.5} for n in lengths}
+    nll = {str(n): 2.3 - passkey / 50 for n in lengths}
+    return {
+        "results": {"passkey": scores, "niah_single_1": scores},
+        "answer_nll": {"passkey": nll, "niah_single_1": nll},
+        "perplexity": ppl,
+        "elapsed_s": 40.0,
+    }
+
+
 def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None:
     import dataclasses
 
     cfg = dataclasses.asdict(toy.load_toy_config(None, ["seeds=[0,1]", "eval_lengths=[256,2032]"]))
 
     def evals(passkey: float) -> dict:
-        scores = {str(n): passkey for n in cfg["eval_lengths"]}
-        ppl = {str(n): {"ppl": 2.0, "tail_ppl": 2.5} for n in cfg["eval_lengths"]}
-        nll = {str(n): 2.3 - passkey / 50 for n in cfg["eval_lengths"]}
-        return {
-            "results": {"passkey": scores, "niah_single_1": scores},
-            "answer_nll": {"passkey": nll, "niah_single_1": nll},
-            "perplexity": ppl,
-            "elapsed_s": 40.0,
-        }
+        return fake_evals(cfg["eval_lengths"], passkey)
 
     rows = {"base": {"seconds": 60.0, "physical_length": 256, "flops": 1e12, "evals": [evals(96.0)]}}
     rows["endprompt"] = {
@@ -262,3 +267,29 @@ def test_an_out_dir_keeps_the_data_settings_it_was_made_with(toy, tmp_path) -> N
         toy.check_data_settings(tmp_path, toy.load_toy_config(None, ["documents=500"]))
     recorded = json.loads((tmp_path / "data_settings.json").read_text())
     assert recorded["documents"] == 30000 and set(recorded) == set(toy.DATA_KEYS)
+
+
+def test_report_only_rewrites_the_report_from_results_json(toy, tmp_path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.asdict(toy.load_toy_config(None, ["eval_lengths=[256]"]))
+    rows = {
+        "base": {"seconds": 60.0, "physical_length": 256, "flops": 1e12, "evals": [fake_evals([256], 97.0)]}
+    }
+    old_command = "python examples/toy_reproduction/run.py --out /x --note 'a long paragraph'"
+    meta = {"command": old_command, "date": "2026-11-29", "hardware": "cpu", "wall_minutes": 0.01}
+    (tmp_path / "results.json").write_text(json.dumps({"config": cfg, "rows": rows, "meta": meta}))
+    args = [
+        "--out",
+        str(tmp_path),
+        "--report-only",
+        "--report-dir",
+        str(tmp_path / "r"),
+        "--note",
+        "made earlier",
+    ]
+    assert toy.main(args) == 0
+    text = (tmp_path / "r" / "toy_reproduction.md").read_text()
+    assert "`python examples/toy_reproduction/run.py --out /x`" in text and "a long paragraph" not in text
+    assert "Note: made earlier" in text and "passkey accuracy at P0 = 256: 97%" in text
+    assert (tmp_path / "r" / "toy_reproduction.png").is_file()
