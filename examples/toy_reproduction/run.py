@@ -756,6 +756,26 @@ def recorded_command(argv: list[str]) -> str:
     return "python " + " ".join(shlex.quote(a) for a in kept)
 
 
+def depth_table(rows: dict, cfg: dict, task: str) -> list[str]:
+    """Accuracy by needle depth at the longest eval length (mean over seeds): where retrieval breaks first."""
+    n = str(max(cfg["eval_lengths"]))
+    depths = [d for d in rows["base"]["evals"][0].get("depth_detail", {}).get(task, {}).get(n, {})]
+    if not depths:
+        return []
+    lines = [f"## {task} at {n} tokens by needle depth", "", "| variant | " + " | ".join(depths) + " |"]
+    lines.append("|---|" + "---:|" * len(depths))
+    for name, row in rows.items():
+        cells = [_mean_std([e["depth_detail"][task][n][d] for e in row["evals"]])[0] for d in depths]
+        lines.append(f"| {row_label(name, cfg)} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    return [*lines, ""]
+
+
+def row_label(name: str, cfg: dict) -> str:
+    """Report name of a row: `pi_only` is "scaling only", so under YaRN it reads `yarn_only (pi_only)`."""
+    scaling = cfg.get("scaling", "linear")
+    return f"{scaling}_only (pi_only)" if name == "pi_only" and scaling != "linear" else name
+
+
 def markdown(results: dict, meta: dict) -> str:
     """The report: what was run, how long it took, and the scores."""
     cfg, rows = results["config"], results["rows"]
@@ -809,11 +829,14 @@ def markdown(results: dict, meta: dict) -> str:
                 cell = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["evals"]) > 1 else "")
                 cells.append(cell)
             lines.append(
-                f"| {name} | {row['physical_length']} | {flops} | {sum(secs) / len(secs):.0f} | "
+                f"| {row_label(name, cfg)} | {row['physical_length']} | {flops} | {sum(secs) / len(secs):.0f} | "
                 + " | ".join(cells)
                 + " |"
             )
         lines.append("")
+    for task in ("passkey", "niah_single_1"):
+        if task in cfg["eval_tasks"]:
+            lines += depth_table(rows, cfg, task)
     lines += ["Settings:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 
@@ -841,7 +864,7 @@ def plot(results: dict, path: Path) -> Path:
                 yerr=[s for _, s in stats],
                 marker="o",
                 capsize=3,
-                label=name,
+                label=row_label(name, cfg),
                 linestyle="--" if name in ("base", "pi_only") else "-",
             )
         ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)

@@ -104,6 +104,7 @@ def fake_evals(lengths: list[int], passkey: float) -> dict:
         "answer_nll": {"passkey": nll, "niah_single_1": nll},
         "perplexity": ppl,
         "elapsed_s": 40.0,
+        "depth_detail": {"passkey": {str(n): {"0": passkey / 2, "1": passkey} for n in lengths}},
     }
 
 
@@ -129,6 +130,8 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
     assert "this invocation 3 min; training 1 min and evaluation 2 min, summed over runs" in text
     assert "| endprompt | 256 | 1.00e+11 | 6 | 50 ± 10 | 50 ± 10 |" in text
     assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
+    assert "## passkey at 2032 tokens by needle depth" in text and "| endprompt | 25 | 50 |" in text
+    assert "## niah_single_1 at 2032 tokens by needle depth" not in text  # no depth detail recorded for it
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
     assert "then 1000 steps at P0 on a retrieval-focused corpus" in text
     assert (
@@ -293,3 +296,9 @@ def test_report_only_rewrites_the_report_from_results_json(toy, tmp_path) -> Non
     assert "`python examples/toy_reproduction/run.py --out /x`" in text and "a long paragraph" not in text
     assert "Note: made earlier" in text and "passkey accuracy at P0 = 256: 97%" in text
     assert (tmp_path / "r" / "toy_reproduction.png").is_file()
+
+
+def test_the_no_finetuning_row_is_named_after_its_scaling(toy) -> None:
+    assert toy.row_label("pi_only", {"scaling": "linear"}) == "pi_only"
+    assert toy.row_label("pi_only", {"scaling": "yarn"}) == "yarn_only (pi_only)"
+    assert toy.row_label("pose", {"scaling": "yarn"}) == "pose"
