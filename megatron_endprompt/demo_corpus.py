@@ -212,6 +212,19 @@ def write_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
     return path
 
 
+def write_passkey_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
+    """Passkey documents only (`cfg.documents` of them, haystacks as `cfg` says): a warm-up corpus, where a
+    small model first learns to copy from context (examples/toy_reproduction/README.md)."""
+    cfg.validate()
+    rng = random.Random(cfg.seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(cfg.documents):
+            f.write(json.dumps({"text": passkey_document(rng, cfg)}) + "\n")
+    return path
+
+
 def _parse_args(argv: list[str] | None) -> tuple[Path, CorpusConfig]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output .jsonl path")

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import platform
-import random
 import shlex
 import sys
 import time
@@ -43,8 +42,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from megatron_endprompt import demo  # noqa: E402
-from megatron_endprompt.demo_corpus import CorpusConfig, passkey_document, write_corpus  # noqa: E402
+from megatron_endprompt import demo, demo_corpus  # noqa: E402
+from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus  # noqa: E402
 from megatron_endprompt.model.config import small_llama_fields  # noqa: E402
 
 logger = logging.getLogger("toy_reproduction")
@@ -276,12 +275,7 @@ def corpus_config(cfg: ToyConfig, documents: int, seed: int) -> CorpusConfig:
 def write_passkey_corpus(path: Path, cfg: ToyConfig, documents: int, seed: int) -> Path:
     """Passkey documents only (the warm-up corpus), from the corpus generator's own passkey template."""
     corpus = dataclasses.replace(corpus_config(cfg, documents, seed), max_words=cfg.warmup_max_words)
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for _ in range(documents):
-            f.write(json.dumps({"text": passkey_document(rng, corpus)}) + "\n")
-    return path
+    return demo_corpus.write_passkey_corpus(path, corpus)
 
 
 DATA_KEYS = (

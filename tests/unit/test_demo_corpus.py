@@ -70,3 +70,18 @@ def test_passkey_weight_shifts_the_retrieval_mix() -> None:
     assert passkey_share(0.0) == 0.0
     with pytest.raises(ValueError, match="--passkey-weight"):
         CorpusConfig(passkey_weight=-1).validate()
+
+
+def test_passkey_corpus_holds_passkey_documents_only(tmp_path) -> None:
+    from megatron_endprompt.demo_corpus import write_passkey_corpus
+
+    cfg = CorpusConfig(documents=50, max_words=20, passkey_max=99, seed=5)
+    path = write_passkey_corpus(tmp_path / "warm.jsonl", cfg)
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    assert len(texts) == 50 and all(t.startswith(passkey.INSTRUCTION) for t in texts)
+    for text in texts:  # the needle's key is the answer at the end, within 1..passkey_max
+        key = re.search(r"The pass key is (\d+)\. Remember it", text).group(1)
+        assert text.endswith(f"{passkey.QUESTION} {key}.") and 1 <= int(key) <= 99
+    assert write_passkey_corpus(tmp_path / "again.jsonl", cfg).read_text() == path.read_text()
+    with pytest.raises(ValueError, match="--max-words"):
+        write_passkey_corpus(tmp_path / "bad.jsonl", CorpusConfig(min_words=30, max_words=20))
