@@ -3,14 +3,19 @@
 ``python -m megatron_endprompt.demo [--fast] [--out DIR]`` (README: ``make demo``). Every stage calls the
 package's own entry points (data builder, training CLI, evaluation API, converter) and prints its timing:
 
-1. corpus     a synthetic general corpus (stories + retrieval tasks), `megatron_endprompt.demo_corpus`
-2. tokenizer  a SentencePiece model trained on it, `data.tokenizers.train_sentencepiece`
-3. data       contiguous samples at P0 (base), EndPrompt samples at P0 with positions up to T, `data.builder`
-4. base       a small model pretrained at context P0, `python -m megatron_endprompt.train`
-5. extend     PI factor T/P0 + EndPrompt fine-tuning on short samples, `python -m megatron_endprompt.train`
-6. eval       passkey, NIAH, held-out perplexity up to T for base, PI-only and extended, `eval.evaluate`
-7. export     the extended model to a Hugging Face directory, `convert.megatron_to_hf`, reloaded and checked
-8. report     results.md (table) and results.png under --out
+1. corpus     a synthetic general corpus (stories + retrieval tasks), a passkey-only warm-up corpus and a
+              retrieval-focused one, `megatron_endprompt.demo_corpus`
+2. tokenizer  a SentencePiece model trained on it (digits split), `data.tokenizers.train_sentencepiece`
+3. data       document-aligned samples: warm-up, base (P0), EndPrompt (P0, positions up to T), `data.builder`
+4. warmup     passkey documents alone at a short length, constant LR: where a small model learns to copy
+5. base       retrieval-focused pretraining at context P0, `python -m megatron_endprompt.train`
+6. extend     YaRN T/P0 + EndPrompt fine-tuning on short samples of the general corpus
+7. eval       passkey, NIAH, held-out perplexity up to T for base, YaRN-only and extended, `eval.evaluate`
+8. export     the extended model to a Hugging Face directory, `convert.megatron_to_hf`, reloaded and checked
+9. report     results.md (table) and results.png under --out
+
+The recipe is the toy reproduction's (examples/toy_reproduction/README.md), shortened to fit the budget; YaRN
+rather than PI because at this scale PI by 8 erases in-context retrieval, which YaRN keeps.
 
 `--fast` shrinks every stage (a test runs it in CI); its numbers only show that the pipeline runs.
 """
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus
+from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus, write_passkey_corpus
 from megatron_endprompt.model.config import small_llama_fields
 
 logger = logging.getLogger("megatron_endprompt.demo")
@@ -42,37 +47,52 @@ class DemoConfig:
     """Sizes of every stage; `FULL` and `FAST` are the two presets."""
 
     documents: int
-    """Training documents in the generated corpus."""
+    """Training documents in the generated general corpus (the warm-up and focused corpora get half as many)."""
     max_words: int
-    """Largest retrieval haystack in words (tasks must fit the base window P0)."""
+    """Largest retrieval haystack in words of the general corpus (tasks must fit the base window P0)."""
     retrieval_fraction: float
-    """Share of corpus documents that are retrieval tasks."""
+    """Share of general-corpus documents that are retrieval tasks."""
     vocab_size: int
-    """SentencePiece vocabulary."""
+    """SentencePiece vocabulary (digits are always single pieces)."""
     base_length: int
     """P0: the base model's training context, and the physical length of every extension sample."""
     factor: int
-    """Extension factor: target length T = factor * P0, PI factor = factor."""
+    """Extension factor: target length T = factor * P0, YaRN factor = factor."""
     hidden_size: int
     """Model width (head dim 32; see `model_overrides`)."""
     num_layers: int
     """Transformer blocks."""
+    warmup_steps: int
+    """Base steps on passkey documents alone at `warmup_length`, constant LR (copying forms here)."""
     base_steps: int
-    """Optimizer steps of base pretraining."""
+    """Base steps at P0 on the retrieval-focused corpus (after the warm-up)."""
     extend_steps: int
-    """Optimizer steps of the EndPrompt extension."""
-    global_batch: int
-    """Samples per optimizer step."""
+    """Optimizer steps of the EndPrompt extension (on the general corpus)."""
+    base_tokens_per_step: int
+    """Tokens per base step (warm-up and P0 stage): small batches, many updates."""
+    extend_batch: int
+    """Samples of P0 tokens per extension step."""
     lr: float
-    """Peak learning rate of base pretraining (the extension uses a third of it)."""
+    """Peak learning rate of the base stages (the extension uses half of it)."""
     eval_lengths: tuple[int, ...]
-    """Prompt lengths evaluated (tokens); the largest + 12 generated tokens must fit in T."""
+    """Prompt lengths evaluated (tokens); the largest + 5 generated tokens must fit in T."""
     eval_samples: int
     """Prompts per (task, length, depth)."""
     eval_depths: tuple[float, ...]
     """Needle depths."""
     ppl_windows: int
     """Held-out windows per length for perplexity."""
+    warmup_length: int = 128
+    """Sample length of the warm-up."""
+    warmup_max_words: int = 60
+    """Largest haystack of a warm-up document, in words (documents fit `warmup_length`)."""
+    focus_words: tuple[int, int] = (80, 170)
+    """Haystack sizes (words) of the focused corpus: needles up to ~220 tokens before their question, as at
+    depth 0 of a P0-token eval prompt."""
+    passkey_max: int = 999
+    """Passkeys 1..passkey_max in the corpora and the eval (3 digits: learnable on CPU)."""
+    value_digits: int = 3
+    """Digits of the magic numbers in the corpora and the NIAH eval."""
     cue: str = "End."
     """The EndPrompt cue text (the paper's EP_3)."""
 
@@ -89,35 +109,48 @@ class DemoConfig:
             max_position_embeddings=self.target_length,
         )
 
+    def rope_scaling(self) -> dict:
+        """YaRN T/P0 of the extended and the scaling-only models."""
+        return {
+            "type": "yarn",
+            "factor": float(self.factor),
+            "original_max_position_embeddings": self.base_length,
+        }
 
-# FULL: small batches and many updates, because copying from context (what passkey / NIAH need) forms with the
-# number of updates (examples/toy_reproduction/README.md). Measured: 10 min 16 s wall on 2 cores
-# (docs/results/demo_cpu.md); retrieval was still not learned at this budget, perplexity shows the extension.
+
+# FULL: the toy reproduction's base recipe, shortened (4 layers x width 256; aligned packing; a constant-LR
+# passkey warm-up, then retrieval-focused steps at P0). Copying forms at a run-dependent point of the warm-up:
+# with 1000 + 600 steps one trial's base retrieved 40/40 passkeys at P0 and another 3/12 (warm-up loss 0.33
+# instead of 0.29: not yet formed); 1500 + 800 steps: docs/results/demo_cpu.md (12 min on 2 cores).
 FULL = DemoConfig(
-    documents=16000,
+    documents=12000,
     max_words=150,
     retrieval_fraction=0.8,
-    vocab_size=512,
+    vocab_size=2048,
     base_length=256,
     factor=8,
-    hidden_size=128,
-    num_layers=2,
-    base_steps=12000,
-    extend_steps=300,
-    global_batch=4,
-    lr=2e-3,
-    eval_lengths=(256, 512, 1024, 2032),
-    eval_samples=3,
-    eval_depths=(0.1, 0.5, 0.9),
+    hidden_size=256,
+    num_layers=4,
+    warmup_steps=1500,
+    base_steps=800,
+    extend_steps=100,
+    base_tokens_per_step=1024,
+    extend_batch=16,
+    lr=1e-3,
+    eval_lengths=(256, 1024, 2032),
+    eval_samples=4,
+    eval_depths=(0.0, 0.5, 1.0),
     ppl_windows=8,
 )
 FAST = replace(
     FULL,
     documents=600,
     retrieval_fraction=0.6,
-    base_steps=12,
-    extend_steps=6,
-    global_batch=8,
+    vocab_size=512,
+    warmup_steps=6,
+    base_steps=6,
+    extend_steps=4,
+    extend_batch=4,
     hidden_size=64,
     num_layers=2,
     eval_lengths=(256, 2032),
@@ -146,49 +179,78 @@ class Stages:
 # ---------------------------------------------------------------------------------------------- stages 1-3
 
 
-def make_corpus(out: Path, dc: DemoConfig, seed: int) -> tuple[Path, Path]:
-    """Training corpus and a held-out corpus (another seed) as JSON lines."""
+def make_corpus(out: Path, dc: DemoConfig, seed: int) -> dict[str, Path]:
+    """General training corpus, held-out corpus (another seed), passkey-only warm-up corpus and
+    retrieval-focused corpus, as JSON lines."""
     cfg = CorpusConfig(
-        documents=dc.documents, retrieval_fraction=dc.retrieval_fraction, max_words=dc.max_words, seed=seed
+        documents=dc.documents,
+        retrieval_fraction=dc.retrieval_fraction,
+        max_words=dc.max_words,
+        repeat_fraction=0.1,
+        passkey_max=dc.passkey_max,
+        value_digits=dc.value_digits,
+        seed=seed,
     )
-    train = write_corpus(out / "corpus" / "train.jsonl", cfg)
-    heldout = write_corpus(
-        out / "corpus" / "heldout.jsonl", replace(cfg, documents=max(50, dc.documents // 20), seed=seed + 1)
-    )
-    logger.info("corpus: %s (%.2f MB), held-out %s", train, train.stat().st_size / 1e6, heldout)
-    return train, heldout
+    half = max(50, dc.documents // 2)
+    low, high = dc.focus_words
+    focused = replace(cfg, documents=half, retrieval_fraction=1.0, repeat_fraction=0.0, passkey_weight=4.0)
+    paths = {
+        "train": write_corpus(out / "corpus" / "train.jsonl", cfg),
+        "heldout": write_corpus(
+            out / "corpus" / "heldout.jsonl",
+            replace(cfg, documents=max(50, dc.documents // 20), seed=seed + 1),
+        ),
+        "warmup": write_passkey_corpus(
+            out / "corpus" / "warmup.jsonl",
+            replace(cfg, documents=half, max_words=dc.warmup_max_words, seed=seed + 2),
+        ),
+        "focus": write_corpus(
+            out / "corpus" / "focus.jsonl", replace(focused, min_words=low, max_words=high, seed=seed + 3)
+        ),
+    }
+    logger.info("corpus: %s (%.2f MB)", paths["train"], paths["train"].stat().st_size / 1e6)
+    return paths
 
 
 def make_tokenizer(out: Path, corpus: Path, dc: DemoConfig) -> Path:
-    """A SentencePiece model trained on the corpus text."""
+    """A SentencePiece model trained on the corpus text (digits split: keys are copied digit by digit)."""
     from megatron_endprompt.data.tokenizers import train_sentencepiece
 
     texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-    return Path(train_sentencepiece(texts, out / "tokenizer" / "demo", vocab_size=dc.vocab_size))
+    model = train_sentencepiece(
+        texts, out / "tokenizer" / "demo", vocab_size=dc.vocab_size, split_digits=True
+    )
+    return Path(model)
 
 
-def build_data(out: Path, corpus: Path, tokenizer: Path, dc: DemoConfig, seed: int) -> dict[str, str]:
-    """Contiguous samples at P0 (base pretraining) and EndPrompt samples (P0 physical, positions up to T)."""
+def build_data(
+    out: Path, corpus: dict[str, Path], tokenizer: Path, dc: DemoConfig, seed: int
+) -> dict[str, str]:
+    """Warm-up samples, contiguous samples at P0 (base) and EndPrompt samples (P0 physical, positions up to T),
+    every sample starting at a document start (`--packing aligned`: no question without its needle)."""
     from megatron_endprompt.data.builder import BuildConfig, build
     from megatron_endprompt.positions import SchemeConfig
 
     prefixes = {}
-    schemes = {
-        "base": (SchemeConfig("contiguous", dc.base_length, dc.base_length), []),
-        "endprompt": (SchemeConfig("endprompt", dc.base_length, dc.target_length), [dc.cue]),
+    p0, first = dc.base_length, dc.warmup_length
+    datasets = {
+        "warmup": (corpus["warmup"], SchemeConfig("contiguous", first, first), []),
+        "base": (corpus["focus"], SchemeConfig("contiguous", p0, p0), []),
+        "endprompt": (corpus["train"], SchemeConfig("endprompt", p0, dc.target_length), [dc.cue]),
     }
-    for name, (scheme, cues) in schemes.items():
+    for name, (source, scheme, cues) in datasets.items():
         prefix = str(out / "data" / name)
         meta = build(
             BuildConfig(
-                input=[str(corpus)],
+                input=[str(source)],
                 output_prefix=prefix,
                 tokenizer_type="SentencePieceTokenizer",
                 tokenizer_model=str(tokenizer),
                 scheme=scheme,
                 cues=cues,
                 append_eod=True,
+                packing="aligned",
                 seed=seed,
             )
         )
@@ -327,10 +389,14 @@ def evaluate_models(
             dc.eval_depths,
             dc.eval_samples,
             seed=0,
-            max_new_tokens=12,
+            max_new_tokens=5,  # a space and 3 digits
             ppl_data=str(heldout),
             ppl_windows=dc.ppl_windows,
             progress=False,
+            task_options={
+                "passkey": {"key_max": dc.passkey_max},
+                "niah_single_1": {"number_digits": dc.value_digits},
+            },
         )
         (out / "eval").mkdir(parents=True, exist_ok=True)
         (out / "eval" / f"{label}.json").write_text(json.dumps(runs[label], indent=1))
@@ -377,10 +443,11 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
         "# EndPrompt CPU demo"
         + (" (--fast: pipeline check only, numbers not meaningful)" if info["fast"] else ""),
         "",
-        f"Base model trained at P0 = {dc['base_length']} tokens; extended {dc['factor']}x to "
-        f"T = {dc['base_length'] * dc['factor']} with PI + EndPrompt on {dc['base_length']}-token samples.",
-        "Rows: `base` (no scaling), `pi_only` (linear RoPE scaling, no fine-tuning), "
-        "`extended` (PI + EndPrompt).",
+        f"Base model trained at P0 = {dc['base_length']} tokens (a passkey warm-up at "
+        f"{dc['warmup_length']}, then retrieval-focused steps at P0); extended {dc['factor']}x to "
+        f"T = {dc['base_length'] * dc['factor']} with YaRN + EndPrompt on {dc['base_length']}-token samples of "
+        "the general corpus.",
+        "Rows: `base` (no scaling), `yarn_only` (YaRN, no fine-tuning), `extended` (YaRN + EndPrompt).",
         "",
     ]
     for task in EVAL_TASKS:
@@ -447,31 +514,59 @@ def plot_results(runs: dict[str, dict], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def warmup_recipe(out: Path, data: dict[str, str], dc: DemoConfig, model: dict, seed: int) -> dict:
+    """The warm-up run: passkey documents at `warmup_length`, constant LR after a short linear warm-up
+    (copying forms late in it, when a decaying LR would already be small)."""
+    run = RunSpec(
+        data["warmup"],
+        dc.warmup_length,
+        dc.base_tokens_per_step // dc.warmup_length,
+        dc.warmup_steps,
+        dc.lr,
+        str(out / "runs" / "warmup"),
+        seed,
+    )
+    spec = recipe(run, model)
+    spec["optimizer"].update(
+        lr_schedule="constant", min_lr=dc.lr, warmup_steps=min(100, dc.warmup_steps // 5)
+    )
+    return spec
+
+
 def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     """All stages; returns a summary dict (also written to <out>/summary.json)."""
     out.mkdir(parents=True, exist_ok=True)
     st = Stages()
-    corpus, heldout = st.run("corpus", make_corpus, out, dc, seed)
-    tokenizer = st.run("tokenizer", make_tokenizer, out, corpus, dc)
+    corpus = st.run("corpus", make_corpus, out, dc, seed)
+    heldout = corpus["heldout"]
+    tokenizer = st.run("tokenizer", make_tokenizer, out, corpus["train"], dc)
     data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
     model = dc.model_overrides()
+    base = st.run("warmup", run_training, out, "warmup", warmup_recipe(out, data, dc, model, seed))
     base_run = RunSpec(
-        data["base"], dc.base_length, dc.global_batch, dc.base_steps, dc.lr, str(out / "runs" / "base"), seed
+        data["base"],
+        dc.base_length,
+        dc.base_tokens_per_step // dc.base_length,
+        dc.base_steps,
+        dc.lr,
+        str(out / "runs" / "base"),
+        seed,
+        init_from=str(base),
     )
     base = st.run("base", run_training, out, "base", recipe(base_run, model))
     ext_run = RunSpec(
         data["endprompt"],
         dc.base_length,
-        dc.global_batch,
+        dc.extend_batch,
         dc.extend_steps,
-        dc.lr / 3,
+        dc.lr / 2,
         str(out / "runs" / "extended"),
         seed,
         init_from=str(base),
     )
-    ext_model = {**model, "rope_scaling": {"type": "linear", "factor": float(dc.factor)}}
+    ext_model = {**model, "rope_scaling": dc.rope_scaling()}
     extended = st.run("extend", run_training, out, "extended", recipe(ext_run, ext_model))
-    models = {"base": base, "pi_only": pi_only(out, base, dc), "extended": extended}
+    models = {"base": base, "yarn_only": pi_only(out, base, dc, dc.rope_scaling()), "extended": extended}
     runs = st.run("eval", evaluate_models, out, models, tokenizer, heldout, dc)
     export = st.run("export", export_hf, out, extended, tokenizer)
     info = {

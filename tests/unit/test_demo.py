@@ -16,10 +16,10 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     # every stage ran and was timed
-    stages = {"corpus", "tokenizer", "data", "base", "extend", "eval", "export", "report"}
+    stages = {"corpus", "tokenizer", "data", "warmup", "base", "extend", "eval", "export", "report"}
     assert set(summary["timings"]) == stages
     # three models evaluated on both tasks at every length, scores are percentages
-    assert set(summary["results"]) == {"base", "pi_only", "extended"}
+    assert set(summary["results"]) == {"base", "yarn_only", "extended"}
     lengths = {str(n) for n in summary["config"]["eval_lengths"]}
     for per_task in summary["results"].values():
         for task in ("passkey", "niah_single_1"):
@@ -32,9 +32,20 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     assert 0 < summary["base_loss"] < 10 and 0 < summary["extend_loss"] < 10
     assert summary["export"]["max_abs_logit_diff"] < 1e-3
     assert (Path(summary["export"]["hf_dir"]) / "config.json").is_file()
-    # the extension really changed the model config: PI factor 8 up to T = 8 * P0
-    ext_cfg = json.loads((tmp_path / "runs" / "pi_only" / "endprompt_model.json").read_text())
-    assert ext_cfg["rope_scaling"]["type"] == "linear" and ext_cfg["rope_scaling"]["factor"] == 8.0
+    # the extension really changed the model config: YaRN factor 8 from P0 = 256 up to T = 8 * P0
+    for run in ("pi_only", "extended"):
+        saved = json.loads(next((tmp_path / "runs" / run).rglob("endprompt_model.json")).read_text())
+        assert saved["rope_scaling"]["type"] == "yarn" and saved["rope_scaling"]["factor"] == 8.0, run
+        assert saved["rope_scaling"]["original_max_position_embeddings"] == 256, run
+    # the base started from the warm-up; every dataset starts samples at document starts
+    assert (tmp_path / "runs" / "warmup" / "metrics.jsonl").is_file()
+    for name in ("warmup", "base", "endprompt"):
+        assert (
+            json.loads((tmp_path / "data" / f"{name}.meta.json").read_text())["config"]["packing"]
+            == "aligned"
+        )
+    warmup = (tmp_path / "corpus" / "warmup.jsonl").read_text().splitlines()
+    assert warmup and all("The pass key is" in line for line in warmup)
     report = (tmp_path / "results.md").read_text()
     assert "| extended |" in report and "## passkey" in report
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
