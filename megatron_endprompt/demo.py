@@ -514,23 +514,33 @@ def plot_results(runs: dict[str, dict], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def warmup_recipe(out: Path, data: dict[str, str], dc: DemoConfig, model: dict, seed: int) -> dict:
-    """The warm-up run: passkey documents at `warmup_length`, constant LR after a short linear warm-up
-    (copying forms late in it, when a decaying LR would already be small)."""
-    run = RunSpec(
-        data["warmup"],
-        dc.warmup_length,
-        dc.base_tokens_per_step // dc.warmup_length,
-        dc.warmup_steps,
+def constant_lr(lr: float, steps: int) -> dict:
+    """Optimizer overrides of a warm-up run: constant LR after a short linear warm-up (copying from context
+    forms late in it, when a decaying LR would already be small)."""
+    return {"lr": lr, "min_lr": lr, "lr_schedule": "constant", "warmup_steps": min(100, steps // 5)}
+
+
+def base_stage(
+    out: Path,
+    name: str,
+    data_prefix: str,
+    length: int,
+    steps: int,
+    dc: DemoConfig,
+    seed: int,
+    init_from: Path | str | None = None,
+) -> RunSpec:
+    """One base pretraining run at `length` tokens per sample, `dc.base_tokens_per_step` tokens per step."""
+    return RunSpec(
+        data_prefix,
+        length,
+        dc.base_tokens_per_step // length,
+        steps,
         dc.lr,
-        str(out / "runs" / "warmup"),
+        str(out / "runs" / name),
         seed,
+        init_from=None if init_from is None else str(init_from),
     )
-    spec = recipe(run, model)
-    spec["optimizer"].update(
-        lr_schedule="constant", min_lr=dc.lr, warmup_steps=min(100, dc.warmup_steps // 5)
-    )
-    return spec
 
 
 def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
@@ -542,17 +552,12 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     tokenizer = st.run("tokenizer", make_tokenizer, out, corpus["train"], dc)
     data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
     model = dc.model_overrides()
-    base = st.run("warmup", run_training, out, "warmup", warmup_recipe(out, data, dc, model, seed))
-    base_run = RunSpec(
-        data["base"],
-        dc.base_length,
-        dc.base_tokens_per_step // dc.base_length,
-        dc.base_steps,
-        dc.lr,
-        str(out / "runs" / "base"),
-        seed,
-        init_from=str(base),
+    warmup = recipe(
+        base_stage(out, "warmup", data["warmup"], dc.warmup_length, dc.warmup_steps, dc, seed), model
     )
+    warmup["optimizer"].update(constant_lr(dc.lr, dc.warmup_steps))
+    base = st.run("warmup", run_training, out, "warmup", warmup)
+    base_run = base_stage(out, "base", data["base"], dc.base_length, dc.base_steps, dc, seed, init_from=base)
     base = st.run("base", run_training, out, "base", recipe(base_run, model))
     ext_run = RunSpec(
         data["endprompt"],

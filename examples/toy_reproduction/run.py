@@ -458,12 +458,7 @@ class BaseStage(NamedTuple):
 
 def warmup_optimizer(cfg: ToyConfig) -> dict:
     """Constant LR for the warm-up: copying forms late in it, when a decaying LR would already be small."""
-    return {
-        "lr": cfg.warmup_lr,
-        "min_lr": cfg.warmup_lr,
-        "lr_schedule": "constant",
-        "warmup_steps": min(100, cfg.warmup_steps // 5),
-    }
+    return demo.constant_lr(cfg.warmup_lr, cfg.warmup_steps)
 
 
 def base_stages(cfg: ToyConfig) -> list[BaseStage]:
