@@ -407,18 +407,20 @@ def fingerprint(out: Path, settings: dict, parent: str) -> str:
     return hashlib.sha256((text + parent).encode()).hexdigest()[:16]
 
 
-def reusable(done: Path, expected: str, what: str, legacy_ok: bool = True) -> bool:
-    """A cached result may be reused when it was made with the same settings. Older caches carry no
+def cached(done: Path, expected: str, what: str, legacy_ok: bool = True) -> dict | None:
+    """The cached result in `done` when it was made with the same settings, else None. Older caches carry no
     fingerprint: training runs are reused with a warning (`legacy_ok`), evaluations are made again."""
     if not done.is_file():
-        return False
-    recorded = json.loads(done.read_text()).get("fingerprint")
+        return None
+    info = json.loads(done.read_text())
+    recorded = info.get("fingerprint")
     if recorded is None and legacy_ok:
         logger.warning("%s: reusing %s, which records no settings fingerprint", what, done)
-        return True
+        return info
     if recorded != expected:
         logger.info("%s: settings changed since %s was made; computing it again", what, done)
-    return recorded == expected
+        return None
+    return info
 
 
 def _train(
@@ -432,8 +434,8 @@ def _train(
     spec["optimizer"].update(optimizer or {})
     done = out / "runs" / f"{name}.done.json"
     key = fingerprint(out, spec, lineage(run.init_from))
-    if reusable(done, key, f"training {name}"):
-        info = json.loads(done.read_text())
+    info = cached(done, key, f"training {name}")
+    if info is not None:
         return Path(info["checkpoint"]), info["seconds"]
     done.unlink(missing_ok=True)  # a run killed from here on leaves no stale marker
     start = time.perf_counter()
@@ -530,7 +532,7 @@ def scaled_copy(out: Path, cfg: ToyConfig, base: Path) -> Path:
     scaling: processes splitting the variants over one --out may be evaluating it)."""
     done = out / "runs" / "pi_only.done.json"
     key = fingerprint(out, {"base": str(base), "rope_scaling": rope_scaling(cfg)}, lineage(base))
-    if reusable(done, key, "pi_only") and (out / "runs" / "pi_only").is_dir():
+    if cached(done, key, "pi_only") is not None and (out / "runs" / "pi_only").is_dir():
         return out / "runs" / "pi_only"
     dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
     copy = demo.pi_only(out, base, dc, rope_scaling(cfg))
@@ -607,8 +609,9 @@ def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: P
         "task_options": task_options(cfg),
     }
     key = fingerprint(out, {**request, "checkpoint": str(ckpt)}, lineage(ckpt))
-    if reusable(path, key, f"eval {label}", legacy_ok=False):
-        return json.loads(path.read_text())
+    result = cached(path, key, f"eval {label}", legacy_ok=False)
+    if result is not None:
+        return result
     tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
     backend = MegatronBackend.from_checkpoint(ckpt)
     result = evaluate(backend, tok, progress=False, answer_nll=True, **request)
