@@ -38,9 +38,14 @@ class ModelBackend(Protocol):
         ...
 
     def generate(
-        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_ids: Sequence[int] = (),
+        draft: Sequence[int] = (),
     ) -> list[int]:
-        """Greedy continuation (stop token excluded), at most `max_new_tokens` ids."""
+        """Greedy continuation (stop token excluded), at most `max_new_tokens` ids. `draft` is a guess at the
+        continuation (evaluation passes the reference answer): it may make decoding cheaper, never different."""
         ...
 
 
@@ -59,21 +64,34 @@ def nll_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def greedy_recompute(
-    last_logits: Callable[[torch.Tensor], torch.Tensor],
+    tail_logits: Callable[[torch.Tensor, int], torch.Tensor],
     input_ids: Sequence[int],
     max_new_tokens: int,
     stop_ids: Sequence[int],
     device: torch.device | str,
+    draft: Sequence[int] = (),
 ) -> list[int]:
-    """Greedy decoding without a KV cache: one full forward per new token (fine for small models)."""
-    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=device)
+    """Greedy decoding without a KV cache: a full forward per step (fine for small models and short answers).
+
+    `tail_logits(ids, n)` returns float logits [n, vocab] of the last n positions of ids [1, s]. A step feeds
+    the tokens so far plus the rest of `draft` (a guess at the continuation) and reads the greedy token after
+    every guessed prefix: tokens are accepted up to and including the first one that differs from the guess.
+    The result is exactly the plain greedy continuation; a model that answers as guessed needs one forward
+    instead of one per token (verification as in speculative decoding, with the reference as the draft).
+    """
+    prefix, guessed = [int(t) for t in input_ids], [int(t) for t in draft]
     new: list[int] = []
-    for _ in range(max_new_tokens):
-        nxt = int(last_logits(ids).argmax(-1))
-        if nxt in stop_ids:
-            break
-        new.append(nxt)
-        ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
+    while len(new) < max_new_tokens:
+        on_draft = new == guessed[: len(new)]
+        # at most max_new_tokens - len(new) tokens can be accepted: one after each guess token, one more
+        guess = guessed[len(new) : max_new_tokens - 1] if on_draft else []
+        ids = torch.tensor([prefix + new + guess], dtype=torch.long, device=device)
+        for j, tok in enumerate(tail_logits(ids, len(guess) + 1).argmax(-1).tolist()):
+            if tok in stop_ids:
+                return new
+            new.append(tok)
+            if j == len(guess) or tok != guess[j]:
+                break
     return new
 
 
@@ -111,9 +129,15 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_ids: Sequence[int] = (),
+        draft: Sequence[int] = (),
     ) -> list[int]:
         from transformers import GenerationConfig
+
+        del draft  # transformers decodes with a KV cache: a step costs one token, a guess saves nothing
 
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
         stop = list(stop_ids) or None
@@ -168,20 +192,25 @@ class MegatronBackend:
         hidden, kwargs = final_hidden(gpt, ids, _positions(ids))  # no [s, vocab] logits
         return chunked_nll(gpt, hidden[:-1], kwargs, ids[0, 1:], self.vocab_size).cpu()
 
-    def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+    def _tail_logits(self, ids: torch.Tensor, n: int) -> torch.Tensor:
+        """float32 logits [n, vocab] of the last n positions of ids [1, s]."""
         from megatron_endprompt.eval.megatron_hooks import final_hidden, local_logits
 
         gpt = self._gpt()
         if gpt is None:
-            return self.logits(ids)[0, -1]
+            return self.logits(ids)[0, -n:]
         hidden, kwargs = final_hidden(gpt, ids, _positions(ids))
-        return local_logits(gpt, hidden[-1:], kwargs, self.vocab_size)[0, 0, : self.vocab_size]
+        return local_logits(gpt, hidden[-n:], kwargs, self.vocab_size)[:, 0, : self.vocab_size]
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_ids: Sequence[int] = (),
+        draft: Sequence[int] = (),
     ) -> list[int]:
-        return greedy_recompute(self._last_logits, input_ids, max_new_tokens, stop_ids, self.device)
+        return greedy_recompute(self._tail_logits, input_ids, max_new_tokens, stop_ids, self.device, draft)
 
 
 def checkpoint_kind(path: str | Path) -> str:

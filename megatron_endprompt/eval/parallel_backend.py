@@ -5,8 +5,8 @@ Every rank runs the same evaluation loop on the same prompt (tasks are determini
 - CP: the prompt is padded to a multiple of 2*CP and split into megatron's load-balanced chunks; attention
   all-gathers K/V (model/attention.py), so a 64K prompt costs each rank 1/CP of the activations.
 Logits are computed from the captured final hidden states (megatron_hooks.py): chunked vocab-parallel cross
-entropy for perplexity, one row for generation; full [s, vocab] logits never exist. Generation recomputes the
-prompt for every new token (no KV cache).
+entropy for perplexity, a few rows for generation; full [s, vocab] logits never exist. Generation recomputes the
+prompt at every step (no KV cache); a draft (the reference answer) lets one step accept several tokens.
 Pipeline parallelism is not supported here: checkpoints are layout-free, so load them with PP=1.
 """
 
@@ -115,13 +115,17 @@ class ParallelMegatronBackend:
         return torch.stack([parts[r][j] for r, j in (self._owner(i, s_pad) for i in range(n))])
 
     @torch.no_grad()
-    def _last_logits(self, ids: torch.Tensor) -> torch.Tensor:
+    def _tail_logits(self, ids: torch.Tensor, n: int) -> torch.Tensor:
+        """float32 logits [n, vocab] of the last n positions of ids [1, s], on every rank."""
         seq = ids[0].tolist()
         hidden, kwargs, s_pad = self._local_hidden(seq)
-        owner, row = self._owner(len(seq) - 1, s_pad)
-        candidate = local_logits(self.model, hidden[row : row + 1], kwargs, self.vocab_size)[0, 0]
-        mine = candidate if owner == self.cp_rank else torch.zeros_like(candidate)
-        dist.all_reduce(mine, group=self.cp_group)  # only the owner contributes
+        rows = []
+        for index in range(len(seq) - n, len(seq)):
+            owner, row = self._owner(index, s_pad)
+            candidate = local_logits(self.model, hidden[row : row + 1], kwargs, self.vocab_size)[0, 0]
+            rows.append(candidate if owner == self.cp_rank else torch.zeros_like(candidate))
+        mine = torch.stack(rows)
+        dist.all_reduce(mine, group=self.cp_group)  # each row has one owner; the others add zeros
         return self._gather_vocab(mine)
 
     @torch.no_grad()
@@ -145,9 +149,13 @@ class ParallelMegatronBackend:
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()
+        self,
+        input_ids: Sequence[int],
+        max_new_tokens: int,
+        stop_ids: Sequence[int] = (),
+        draft: Sequence[int] = (),
     ) -> list[int]:
-        new = greedy_recompute(self._last_logits, input_ids, max_new_tokens, stop_ids, self.device)
+        new = greedy_recompute(self._tail_logits, input_ids, max_new_tokens, stop_ids, self.device, draft)
         # every rank computed the same argmax from the same gathered row; rank 0's answer is authoritative
         out = torch.tensor([len(new), *new, *([0] * (max_new_tokens - len(new)))], device=self.device)
         dist.broadcast(out, src=0)

@@ -94,9 +94,12 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, disable=not enabled, desc="eval", unit="prompt", dynamic_ncols=True)
 
 
-def _run_prompt(backend: ModelBackend, tokenizer: TokenizerLike, sample, budget: int) -> dict:
+def _run_prompt(
+    backend: ModelBackend, tokenizer: TokenizerLike, sample, budget: int, answer: list[int] | None
+) -> dict:
     start = time.perf_counter()
-    generated = backend.generate(sample.prompt_ids, budget, stop_ids=[tokenizer.eod])
+    # the reference answer as a draft: a model that answers right costs one forward, not one per token
+    generated = backend.generate(sample.prompt_ids, budget, stop_ids=[tokenizer.eod], draft=answer or ())
     # a model vocabulary larger than the tokenizer's can emit ids the tokenizer cannot decode
     limit = getattr(tokenizer, "vocab_size", None)
     prediction = tokenizer.decode([t for t in generated if limit is None or t < limit])
@@ -125,9 +128,12 @@ def answer_ids(tokenizer: TokenizerLike, sample) -> list[int] | None:
     return full[len(body) :]
 
 
-def teacher_forced_answer_nll(backend: ModelBackend, tokenizer: TokenizerLike, sample) -> float | None:
-    """Mean NLL (nats per token) of the first reference answer, teacher-forced after the prompt."""
-    answer = answer_ids(tokenizer, sample)
+def teacher_forced_answer_nll(
+    backend: ModelBackend, tokenizer: TokenizerLike, sample, answer: list[int] | None = None
+) -> float | None:
+    """Mean NLL (nats per token) of the first reference answer (`answer`: its ids when already known),
+    teacher-forced after the prompt."""
+    answer = answer if answer is not None else answer_ids(tokenizer, sample)
     if answer is None:
         return None
     nll = backend.token_nll(list(sample.prompt_ids) + answer)  # nll[j] scores token j + 1
@@ -199,10 +205,11 @@ def evaluate(
         for task, n, d, i in plan:
             sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
             budget = max_new_tokens or get_task(task).max_new_tokens
-            record = _run_prompt(backend, tokenizer, sample, budget)
+            answer = answer_ids(tokenizer, sample) if sample.answers else None
+            record = _run_prompt(backend, tokenizer, sample, budget, answer)
             if answer_nll:
                 record["answer_nll"] = (
-                    teacher_forced_answer_nll(backend, tokenizer, sample) if sample.answers else None
+                    teacher_forced_answer_nll(backend, tokenizer, sample, answer) if answer else None
                 )
             records.append(dict(record, index=i))
             bar.update(1)

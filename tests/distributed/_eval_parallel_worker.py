@@ -61,11 +61,16 @@ def main(out: Path) -> dict:
     ckpt = out / "ckpt"
     save_tiny_checkpoint(ckpt)
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (37, 64)]  # 37: CP padding
+    # 37: CP padding; 10: with a 5-token draft the tail rows straddle the two CP ranks' chunks
+    prompts = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (37, 64, 10)]
     ref = measure(MegatronBackend.from_checkpoint(ckpt), prompts)
-    res = {"generated_something": any(ref["gen"]) and any(ref["eval"])}
+    res = {
+        "generated_something": any(ref["gen"]) and any(ref["eval"]),
+        "gen_lengths": [len(g) for g in ref["gen"]],
+    }
     for tp, cp in ((2, 1), (1, 2)):
-        got = measure(ParallelMegatronBackend.from_checkpoint(ckpt, tp=tp, cp=cp), prompts)
+        backend = ParallelMegatronBackend.from_checkpoint(ckpt, tp=tp, cp=cp)
+        got = measure(backend, prompts)
         name = f"tp{tp}_cp{cp}"
         res[f"{name}_nll"] = max(
             float((a - b).abs().max()) for a, b in zip(ref["nll"], got["nll"], strict=True)
@@ -73,6 +78,10 @@ def main(out: Path) -> dict:
         res[f"{name}_logits"] = float((ref["logits"] - got["logits"]).abs().max())
         res[f"{name}_gen_equal"] = ref["gen"] == got["gen"]
         res[f"{name}_eval_equal"] = ref["eval"] == got["eval"]
+        drafted = [
+            backend.generate(p, 6, stop_ids=[2], draft=g) for p, g in zip(prompts, ref["gen"], strict=True)
+        ]
+        res[f"{name}_draft_gen_equal"] = drafted == ref["gen"]
     return res
 
 

@@ -68,6 +68,27 @@ def test_hf_and_megatron_agree_per_sample_and_on_perplexity(assets):
         assert np.isclose(a["perplexity"][n]["tail_ppl"], b["perplexity"][n]["tail_ppl"], rtol=1e-4)
 
 
+def test_megatron_generation_with_a_draft_is_transformers_greedy(assets):
+    """Drafts (right, half right, wrong) change the number of forwards, never the tokens: every continuation
+    equals transformers' KV-cached greedy decoding of the same model."""
+    root, tok, _ = assets
+    hf = HFBackend(root / "hf", device="cpu")
+    meg = MegatronBackend.from_checkpoint(root / "megatron", device="cpu")
+    calls = []
+    tail = meg._tail_logits
+    meg._tail_logits = lambda ids, n: calls.append(n) or tail(ids, n)
+    gen = torch.Generator().manual_seed(5)
+    for length in (40, 200):
+        prompt = torch.randint(3, tok.vocab_size, (length,), generator=gen).tolist()
+        truth = hf.generate(prompt, 6)
+        assert len(truth) == 6  # no stop ids given: six tokens
+        wrong = [(t + 1) % tok.vocab_size for t in truth]
+        for draft, forwards in ((truth, 1), (truth[:2] + wrong[2:], 4), (wrong, 6), ((), 6)):
+            calls.clear()
+            assert meg.generate(prompt, 6, draft=draft) == truth
+            assert len(calls) == forwards, (draft, calls)
+
+
 def test_cli_writes_results_markdown_and_plots(assets, tmp_path, capsys):
     root, _, sp = assets
     out = tmp_path / "out"
