@@ -161,6 +161,42 @@ def _aggregate(records: list[dict]) -> tuple[dict, dict, dict]:
     return results, detail, average
 
 
+def _check_vocab(backend: ModelBackend, tokenizer: TokenizerLike) -> None:
+    model_vocab, tok_vocab = getattr(backend, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
+    if model_vocab is not None and tok_vocab is not None and tok_vocab > model_vocab:
+        raise ValueError(
+            f"--tokenizer: {getattr(tokenizer, 'name', 'the tokenizer')} has {tok_vocab} tokens but the model's "
+            f"vocabulary has {model_vocab}; pass the tokenizer the model was trained with"
+        )
+
+
+def _generation_records(
+    backend: ModelBackend,
+    tokenizer: TokenizerLike,
+    plan: list[tuple[str, int, float | None, int]],
+    seed: int,
+    options: dict[str, dict],
+    max_new_tokens: int | None,
+    answer_nll: bool,
+    progress: bool,
+) -> list[dict]:
+    """One record per (task, length, depth, sample index) of `plan`."""
+    records = []
+    with _progress(len(plan), progress) as bar:
+        for task, n, d, i in plan:
+            sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
+            budget = max_new_tokens or get_task(task).max_new_tokens
+            answer = answer_ids(tokenizer, sample) if sample.answers else None
+            record = _run_prompt(backend, tokenizer, sample, budget, answer)
+            if answer_nll:
+                record["answer_nll"] = (
+                    teacher_forced_answer_nll(backend, tokenizer, sample, answer) if answer else None
+                )
+            records.append(dict(record, index=i))
+            bar.update(1)
+    return records
+
+
 def evaluate(
     backend: ModelBackend,
     tokenizer: TokenizerLike,
@@ -182,12 +218,7 @@ def evaluate(
     tasks, lengths, depths = list(tasks), [int(n) for n in lengths], [float(d) for d in depths]
     validate_request(tasks, lengths, depths, samples, backend.max_positions, max_new_tokens, ppl_data)
     options = validate_task_options(task_options)
-    model_vocab, tok_vocab = getattr(backend, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
-    if model_vocab is not None and tok_vocab is not None and tok_vocab > model_vocab:
-        raise ValueError(
-            f"--tokenizer: {getattr(tokenizer, 'name', 'the tokenizer')} has {tok_vocab} tokens but the model's "
-            f"vocabulary has {model_vocab}; pass the tokenizer the model was trained with"
-        )
+    _check_vocab(backend, tokenizer)
     gen_tasks = [t for t in tasks if t != PERPLEXITY]
     plan = [
         (task, n, d, i)
@@ -200,19 +231,9 @@ def evaluate(
         for n in lengths:
             make_sample(task, tokenizer, n, depths[0] if depths else 0.5, seed, 0, _opts(options, task))
     start = time.perf_counter()
-    records = []
-    with _progress(len(plan), progress) as bar:
-        for task, n, d, i in plan:
-            sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
-            budget = max_new_tokens or get_task(task).max_new_tokens
-            answer = answer_ids(tokenizer, sample) if sample.answers else None
-            record = _run_prompt(backend, tokenizer, sample, budget, answer)
-            if answer_nll:
-                record["answer_nll"] = (
-                    teacher_forced_answer_nll(backend, tokenizer, sample, answer) if answer else None
-                )
-            records.append(dict(record, index=i))
-            bar.update(1)
+    records = _generation_records(
+        backend, tokenizer, plan, seed, options, max_new_tokens, answer_nll, progress
+    )
     results, detail, average = _aggregate(records)
     out = {
         "format": RESULTS_FORMAT,
