@@ -20,6 +20,14 @@ def toy():
     return module
 
 
+@pytest.fixture(scope="module")
+def report(toy):
+    """The report module (`toy_report.py`, importable once run.py is loaded)."""
+    import toy_report
+
+    return toy_report
+
+
 def test_shipped_config_parses_and_schemes_are_valid(toy) -> None:
     cfg = toy.load_toy_config(SCRIPT.with_name("config.yaml"), [])
     assert set(cfg.variants) == set(toy.VARIANTS)
@@ -108,7 +116,7 @@ def fake_evals(lengths: list[int], passkey: float) -> dict:
     }
 
 
-def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None:
+def test_report_states_base_strength_precision_and_scores(toy, report, tmp_path) -> None:
     import dataclasses
 
     cfg = dataclasses.asdict(toy.load_toy_config(None, ["seeds=[0,1]", "eval_lengths=[256,2032]"]))
@@ -124,7 +132,7 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
         "evals": [evals(40), evals(60)],
     }
     meta = {"command": "python run.py", "date": "2026-11-28", "hardware": "cpu", "wall_minutes": 3.0}
-    text = toy.markdown({"config": cfg, "rows": rows}, meta)
+    text = report.markdown({"config": cfg, "rows": rows}, meta)
     assert "passkey accuracy at P0 = 256: 96% (strong enough" in text
     # 60 s base + 5 s + 7 s variant seeds = 72 s of training; 3 evals of 40 s
     assert "this invocation 3 min; training 1 min and evaluation 2 min, summed over runs" in text
@@ -139,8 +147,8 @@ def test_report_states_base_strength_precision_and_scores(toy, tmp_path) -> None
         and "--packing aligned" in text
     )
     rows["base"]["evals"] = [evals(80.0)]
-    assert "NOT strong enough" in toy.markdown({"config": cfg, "rows": rows}, meta)
-    assert toy.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert "NOT strong enough" in report.markdown({"config": cfg, "rows": rows}, meta)
+    assert report.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_every_dataset_is_built_with_the_configured_packing(toy, tmp_path) -> None:
@@ -258,9 +266,9 @@ def test_evaluations_are_redone_when_the_eval_settings_change(toy, monkeypatch, 
     assert calls == [5, 10, 10]
 
 
-def test_recorded_command_leaves_the_note_out(toy) -> None:
+def test_recorded_command_leaves_the_note_out(report) -> None:
     argv = ["run.py", "--out", "o", "--note", "long text", "--set", "a=1", "--note=x y"]
-    assert toy.recorded_command(argv) == "python run.py --out o --set a=1"
+    assert report.recorded_command(argv) == "python run.py --out o --set a=1"
 
 
 def test_an_out_dir_keeps_the_data_settings_it_was_made_with(toy, tmp_path) -> None:
@@ -298,7 +306,7 @@ def test_report_only_rewrites_the_report_from_results_json(toy, tmp_path) -> Non
     assert (tmp_path / "r" / "toy_reproduction.png").is_file()
 
 
-def test_the_no_finetuning_row_is_named_after_its_scaling(toy) -> None:
-    assert toy.row_label("pi_only", {"scaling": "linear"}) == "pi_only"
-    assert toy.row_label("pi_only", {"scaling": "yarn"}) == "yarn_only (pi_only)"
-    assert toy.row_label("pose", {"scaling": "yarn"}) == "pose"
+def test_the_no_finetuning_row_is_named_after_its_scaling(report) -> None:
+    assert report.row_label("pi_only", {"scaling": "linear"}) == "pi_only"
+    assert report.row_label("pi_only", {"scaling": "yarn"}) == "yarn_only (pi_only)"
+    assert report.row_label("pose", {"scaling": "yarn"}) == "pose"
