@@ -164,6 +164,8 @@ class MegatronBackend:
         self.device = torch.device(device or next(model.parameters()).device)
         self.max_positions = int(model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
+        self._last: tuple[torch.Tensor, torch.Tensor, dict] | None = None
+        """(ids, final hidden states, output-layer kwargs) of the latest forward (see `_hidden`)."""
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
@@ -181,25 +183,38 @@ class MegatronBackend:
         inner = getattr(self.model, "model", None)
         return inner if hasattr(inner, "output_layer") else None
 
+    def _hidden(self, gpt: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Final hidden states [s, 1, h] of ids [1, s] (no [s, vocab] logits) and the output layer's kwargs.
+
+        The latest sequence's are kept: evaluation scores the reference answer (`token_nll` of prompt +
+        answer) and then generates with that answer as the draft, whose first step is the same sequence, so
+        the second forward is free. An evaluation backend: the weights are assumed not to change.
+        """
+        from megatron_endprompt.eval.megatron_hooks import final_hidden
+
+        if self._last is None or not torch.equal(self._last[0], ids):
+            self._last = (ids, *final_hidden(gpt, ids, _positions(ids)))
+        return self._last[1], self._last[2]
+
     @torch.no_grad()
     def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
-        from megatron_endprompt.eval.megatron_hooks import chunked_nll, final_hidden
+        from megatron_endprompt.eval.megatron_hooks import chunked_nll
 
         ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
         gpt = self._gpt()
         if gpt is None:
             return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:]).cpu()
-        hidden, kwargs = final_hidden(gpt, ids, _positions(ids))  # no [s, vocab] logits
+        hidden, kwargs = self._hidden(gpt, ids)
         return chunked_nll(gpt, hidden[:-1], kwargs, ids[0, 1:], self.vocab_size).cpu()
 
     def _tail_logits(self, ids: torch.Tensor, n: int) -> torch.Tensor:
         """float32 logits [n, vocab] of the last n positions of ids [1, s]."""
-        from megatron_endprompt.eval.megatron_hooks import final_hidden, local_logits
+        from megatron_endprompt.eval.megatron_hooks import local_logits
 
         gpt = self._gpt()
         if gpt is None:
             return self.logits(ids)[0, -n:]
-        hidden, kwargs = final_hidden(gpt, ids, _positions(ids))
+        hidden, kwargs = self._hidden(gpt, ids)
         return local_logits(gpt, hidden[-n:], kwargs, self.vocab_size)[:, 0, : self.vocab_size]
 
     @torch.no_grad()

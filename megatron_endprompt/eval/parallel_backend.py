@@ -41,6 +41,8 @@ class ParallelMegatronBackend:
         self.device = device
         self.tp_group, self.cp_group = ps.get_tensor_model_parallel_group(), ps.get_context_parallel_group()
         self.cp, self.cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+        self._last: tuple | None = None
+        """(token ids, hidden, kwargs, padded length) of the latest forward (see `_local_hidden`)."""
 
     @classmethod
     def from_checkpoint(
@@ -104,9 +106,13 @@ class ParallelMegatronBackend:
 
     @torch.no_grad()
     def _local_hidden(self, seq: Sequence[int]) -> tuple[torch.Tensor, dict, int]:
-        tokens, positions, s_pad = self._local_inputs(seq)
-        hidden, kwargs = final_hidden(self.model, tokens, positions)  # [s_local, 1, h]; no full logits
-        return hidden, kwargs, s_pad
+        """This rank's final hidden states [s_local, 1, h] (no full logits), output-layer kwargs, padded length.
+        The latest sequence's are kept, as in `MegatronBackend._hidden` (every rank sees the same calls)."""
+        key = tuple(seq)
+        if self._last is None or self._last[0] != key:
+            tokens, positions, s_pad = self._local_inputs(seq)
+            self._last = (key, *final_hidden(self.model, tokens, positions), s_pad)
+        return self._last[1], self._last[2], self._last[3]
 
     def _gather_rows(self, local: torch.Tensor, s_pad: int, n: int) -> torch.Tensor:
         """Rows 0..n-1 in global order from every CP rank's [s_local, ...] tensor."""

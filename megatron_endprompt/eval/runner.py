@@ -10,8 +10,9 @@ Schema of the returned dict (also what tools/eval_long_context.py writes to resu
 - `answer_nll` (only with `answer_nll=True`, CLI `--answer-nll`): {task: {str(length): mean NLL per token of
   the first reference answer}}, teacher-forced after the prompt (lower is better; ln 10 = 2.30 is chance for a
   digit). Graded where string match is all or nothing: it shows a model getting closer to retrieving before it
-  retrieves. Off by default: it costs one extra forward pass per prompt, which roughly doubles evaluation time
-  with a KV-cached backend at long lengths.
+  retrieves. Off by default: with a KV-cached backend (HF) it costs one extra forward pass per prompt, which
+  roughly doubles evaluation time at long lengths; Megatron backends reuse that forward as generation's first
+  step (the answer is generation's draft), so it is free when the answer fits in `max_new_tokens - 1` tokens.
 - `metrics`: {task: metric name}; `samples`: one record per prompt (answers, prediction, score, depths).
 """
 
@@ -187,11 +188,16 @@ def _generation_records(
             sample = make_sample(task, tokenizer, n, d, seed, i, _opts(options, task))
             budget = max_new_tokens or get_task(task).max_new_tokens
             answer = answer_ids(tokenizer, sample) if sample.answers else None
+            # scored before generating: with the answer as the draft, generation's first forward is the same
+            # sequence, which Megatron backends keep from the scoring forward
+            nll = (
+                teacher_forced_answer_nll(backend, tokenizer, sample, answer)
+                if answer_nll and answer
+                else None
+            )
             record = _run_prompt(backend, tokenizer, sample, budget, answer)
             if answer_nll:
-                record["answer_nll"] = (
-                    teacher_forced_answer_nll(backend, tokenizer, sample, answer) if answer else None
-                )
+                record["answer_nll"] = nll
             records.append(dict(record, index=i))
             bar.update(1)
     return records

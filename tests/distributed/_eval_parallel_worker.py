@@ -54,6 +54,11 @@ def measure(backend, prompts: list[list[int]]) -> dict:
         "gen": [backend.generate(p, 6, stop_ids=[2]) for p in prompts],
         "logits": backend.logits(torch.tensor([prompts[0][:21]])),
         "eval": [s["generated_ids"] for s in evaluate(backend, ByteTokenizer(), **EVAL)["samples"]],
+        # the answer is scored first and its forward kept for generation's first step: same ids, same NLL
+        "eval_nll": [
+            (s["generated_ids"], s["answer_nll"])
+            for s in evaluate(backend, ByteTokenizer(), answer_nll=True, **EVAL)["samples"]
+        ],
     }
 
 
@@ -78,6 +83,10 @@ def main(out: Path) -> dict:
         res[f"{name}_logits"] = float((ref["logits"] - got["logits"]).abs().max())
         res[f"{name}_gen_equal"] = ref["gen"] == got["gen"]
         res[f"{name}_eval_equal"] = ref["eval"] == got["eval"]
+        res[f"{name}_eval_nll_equal"] = all(
+            g == h and g == e and abs(a - b) < 1e-4
+            for (g, a), (h, b), e in zip(ref["eval_nll"], got["eval_nll"], ref["eval"], strict=True)
+        )
         drafted = [
             backend.generate(p, 6, stop_ids=[2], draft=g) for p, g in zip(prompts, ref["gen"], strict=True)
         ]

@@ -27,3 +27,4 @@ def test_parallel_backend_matches_single_process(results, layout):
         assert res[f"{layout}_gen_equal"]
         assert res[f"{layout}_eval_equal"]
         assert res[f"{layout}_draft_gen_equal"]  # a draft (the right answer) changes no token
+        assert res[f"{layout}_eval_nll_equal"]  # with --answer-nll: same generations, same answer NLL

@@ -89,6 +89,28 @@ def test_megatron_generation_with_a_draft_is_transformers_greedy(assets):
             assert len(calls) == forwards, (draft, calls)
 
 
+def test_answer_nll_costs_megatron_no_extra_forward(assets, monkeypatch):
+    """Scoring the answer then generating with it as the draft reuses one forward: the same number of forwards
+    with and without `answer_nll`, and the same generations."""
+    from megatron_endprompt.eval import megatron_hooks
+
+    root, tok, _ = assets
+    meg = MegatronBackend.from_checkpoint(root / "megatron", device="cpu")
+    forwards = []
+    real = megatron_hooks.final_hidden
+    monkeypatch.setattr(megatron_hooks, "final_hidden", lambda *a: forwards.append(1) or real(*a))
+    kwargs = dict(tasks=["passkey"], lengths=[200], depths=[0.0, 1.0], samples=2, seed=3, max_new_tokens=6,
+                  progress=False, task_options={"passkey": {"key_max": 999}})  # fmt: skip
+    runs = {}
+    for nll in (False, True):
+        forwards.clear()
+        result = evaluate(meg, tok, answer_nll=nll, **kwargs)
+        runs[nll] = (len(forwards), [s["generated_ids"] for s in result["samples"]])
+    assert runs[True] == runs[False]
+    assert runs[False][0] >= 4  # at least one forward per prompt
+    assert all(s["answer_nll"] > 0 for s in result["samples"])
+
+
 def test_cli_writes_results_markdown_and_plots(assets, tmp_path, capsys):
     root, _, sp = assets
     out = tmp_path / "out"
