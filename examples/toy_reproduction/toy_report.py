@@ -150,7 +150,10 @@ def markdown(results: dict, meta: dict) -> str:
         precision_note(cfg),
         "",
     ]
-    if "passkey" in cfg["eval_tasks"]:
+    if "passkey" in cfg["eval_tasks"] and cfg["base_length"] not in cfg["eval_lengths"]:
+        lines += [f"Base model passkey accuracy at P0 = {cfg['base_length']}: not measured here (P0 is not "
+                  "among `eval_lengths`).", ""]  # fmt: skip
+    elif "passkey" in cfg["eval_tasks"]:
         base_pk, _ = score(rows["base"], "passkey", cfg["base_length"])
         verdict = (
             "strong enough" if base_pk >= 95 else "NOT strong enough: retrieval columns cannot rank methods"

@@ -148,6 +148,8 @@ def test_report_states_base_strength_precision_and_scores(toy, report, tmp_path)
     )
     rows["base"]["evals"] = [evals(80.0)]
     assert "NOT strong enough" in report.markdown({"config": cfg, "rows": rows}, meta)
+    only_t = {**cfg, "eval_lengths": [2032]}  # a precision run at T only: no P0 column to judge the base by
+    assert "at P0 = 256: not measured here" in report.markdown({"config": only_t, "rows": rows}, meta)
     assert report.plot({"config": cfg, "rows": rows}, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
