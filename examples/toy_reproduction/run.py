@@ -246,6 +246,13 @@ def cached(done: Path, expected: str, what: str, legacy_ok: bool = True) -> dict
     return info
 
 
+def located(done: Path, recorded: str) -> Path:
+    """A cached checkpoint (`runs/<name>/iter_N`) re-rooted at the `runs/` folder that holds `done`, so that a
+    copied or moved --out keeps its cache: the old path would change the fingerprint of every run after it."""
+    rerooted = done.parent.joinpath(*Path(recorded).parts[-2:])
+    return rerooted if rerooted.exists() else Path(recorded)
+
+
 def _train(
     out: Path, name: str, run: demo.RunSpec, model: dict, optimizer: dict | None = None
 ) -> tuple[Path, float]:
@@ -259,7 +266,7 @@ def _train(
     key = fingerprint(out, spec, lineage(run.init_from))
     info = cached(done, key, f"training {name}")
     if info is not None:
-        return Path(info["checkpoint"]), info["seconds"]
+        return located(done, info["checkpoint"]), info["seconds"]
     done.unlink(missing_ok=True)  # a run killed from here on leaves no stale marker
     start = time.perf_counter()
     ckpt = demo.run_training(out, name, spec)

@@ -241,6 +241,33 @@ def test_cached_runs_are_reused_only_with_the_same_settings(toy, monkeypatch, tm
     assert done["checkpoint"].endswith("iter_0000001") and len(done["fingerprint"]) == 16
 
 
+def test_a_copied_out_dir_reuses_its_runs(toy, monkeypatch, tmp_path) -> None:
+    """Checkpoints recorded under the old --out are found under the copy, and the chain stays valid."""
+    import shutil
+
+    trained = []
+
+    def fake_run_training(out, name, spec):
+        trained.append(name)
+        ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        return ckpt
+
+    monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
+
+    def chain(out: Path) -> Path:
+        base = toy.demo.RunSpec("/d/base", 256, 4, 10, 1e-3, str(out / "runs" / "base"))
+        ckpt, _ = toy._train(out, "base", base, {})
+        run = toy.demo.RunSpec("/d/v", 256, 4, 5, 1e-4, str(out / "runs" / "v"), init_from=str(ckpt))
+        return toy._train(out, "v", run, {})[0]
+
+    (tmp_path / "a" / "runs").mkdir(parents=True)
+    chain(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert chain(tmp_path / "b") == tmp_path / "b" / "runs" / "v" / "iter_0000001"
+    assert trained == ["base", "v"]  # nothing trained again in the copy
+
+
 def test_evaluations_are_redone_when_the_eval_settings_change(toy, monkeypatch, tmp_path) -> None:
     import megatron_endprompt.data.tokenizers as tokenizers
     import megatron_endprompt.eval.backends as backends
