@@ -20,7 +20,7 @@ import argparse
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,14 +202,19 @@ def generate_documents(cfg: CorpusConfig) -> Iterator[str]:
             yield story(rng, rng.randint(3, 12))
 
 
-def write_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
-    """Write the corpus as JSON lines ``{"text": ...}`` (the builder's input format); returns the path."""
+def _write_jsonl(path: str | Path, documents: Iterable[str]) -> Path:
+    """Documents as JSON lines ``{"text": ...}`` (the builder's input format); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for doc in generate_documents(cfg):
+        for doc in documents:
             f.write(json.dumps({"text": doc}) + "\n")
     return path
+
+
+def write_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
+    """Write the corpus (`generate_documents`) as JSON lines; returns the path."""
+    return _write_jsonl(path, generate_documents(cfg))
 
 
 def write_passkey_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
@@ -217,12 +222,7 @@ def write_passkey_corpus(path: str | Path, cfg: CorpusConfig) -> Path:
     small model first learns to copy from context (examples/toy_reproduction/README.md)."""
     cfg.validate()
     rng = random.Random(cfg.seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for _ in range(cfg.documents):
-            f.write(json.dumps({"text": passkey_document(rng, cfg)}) + "\n")
-    return path
+    return _write_jsonl(path, (passkey_document(rng, cfg) for _ in range(cfg.documents)))
 
 
 def _parse_args(argv: list[str] | None) -> tuple[Path, CorpusConfig]:
