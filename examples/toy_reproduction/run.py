@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -46,6 +45,7 @@ from toy_report import hardware, markdown, plot, recorded_command  # noqa: E402
 
 from megatron_endprompt import demo, demo_corpus  # noqa: E402
 from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus  # noqa: E402
+from megatron_endprompt.training.checkpoint_io import write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("toy_reproduction")
 
@@ -203,9 +203,7 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
 def write_json(path: Path, obj: dict) -> None:
     """Whole or not at all: a process killed mid-write leaves no truncated cache entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def done_file(ckpt: Path) -> Path:

@@ -115,9 +115,10 @@ def prune_checkpoints(save_dir: str | os.PathLike, keep_last: int) -> list[Path]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
+    """Replace `path` with `text` so that readers see the old or the new content, never a mix. The temp file
+    is per process, so that several writers of the same file (processes sharing a cache) never collide."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
