@@ -209,62 +209,50 @@ def test_scaling_reaches_every_extended_model(toy, tmp_path) -> None:
     }
 
 
-def test_cached_runs_are_reused_only_with_the_same_settings(toy, monkeypatch, tmp_path) -> None:
-    """A changed setting retrains that run and everything trained from it; an unchanged one is reused."""
-    trained = []
+@pytest.fixture
+def trained(toy, monkeypatch) -> list[str]:
+    """Names of the runs `demo.run_training` was asked for; each fake run leaves one empty checkpoint."""
+    names: list[str] = []
 
     def fake_run_training(out, name, spec):
-        trained.append(name)
+        names.append(name)
         ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
         ckpt.mkdir(parents=True, exist_ok=True)
         return ckpt
 
     monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
-    (tmp_path / "runs").mkdir()
+    return names
 
-    def chain(lr: float, variant_steps: int) -> None:
-        base = toy.demo.RunSpec("/d/base", 256, 4, 10, lr, str(tmp_path / "runs" / "base"))
-        ckpt, _ = toy._train(tmp_path, "base", base, {})
-        run = toy.demo.RunSpec(
-            "/d/v", 256, 4, variant_steps, 1e-4, str(tmp_path / "runs" / "v"), init_from=str(ckpt)
-        )
-        toy._train(tmp_path, "v", run, {})
 
-    chain(1e-3, 5)
-    chain(1e-3, 5)
+def train_chain(toy, out: Path, lr: float = 1e-3, variant_steps: int = 5) -> Path:
+    """A base and a variant trained from it under `out` (cached like the real runs); the variant's checkpoint."""
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    base = toy.demo.RunSpec("/d/base", 256, 4, 10, lr, str(out / "runs" / "base"))
+    ckpt, _ = toy._train(out, "base", base, {})
+    run = toy.demo.RunSpec("/d/v", 256, 4, variant_steps, 1e-4, str(out / "runs" / "v"), init_from=str(ckpt))
+    return toy._train(out, "v", run, {})[0]
+
+
+def test_cached_runs_are_reused_only_with_the_same_settings(toy, trained, tmp_path) -> None:
+    """A changed setting retrains that run and everything trained from it; an unchanged one is reused."""
+    train_chain(toy, tmp_path, 1e-3, 5)
+    train_chain(toy, tmp_path, 1e-3, 5)
     assert trained == ["base", "v"]  # the second call reused both
-    chain(1e-3, 6)
+    train_chain(toy, tmp_path, 1e-3, 6)
     assert trained[2:] == ["v"]  # only the variant's settings changed
-    chain(2e-3, 6)
+    train_chain(toy, tmp_path, 2e-3, 6)
     assert trained[3:] == ["base", "v"]  # a new base invalidates the variant trained from it
     done = json.loads((tmp_path / "runs" / "v.done.json").read_text())
     assert done["checkpoint"].endswith("iter_0000001") and len(done["fingerprint"]) == 16
 
 
-def test_a_copied_out_dir_reuses_its_runs(toy, monkeypatch, tmp_path) -> None:
+def test_a_copied_out_dir_reuses_its_runs(toy, trained, tmp_path) -> None:
     """Checkpoints recorded under the old --out are found under the copy, and the chain stays valid."""
     import shutil
 
-    trained = []
-
-    def fake_run_training(out, name, spec):
-        trained.append(name)
-        ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        return ckpt
-
-    monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
-
-    def chain(out: Path) -> Path:
-        base = toy.demo.RunSpec("/d/base", 256, 4, 10, 1e-3, str(out / "runs" / "base"))
-        ckpt, _ = toy._train(out, "base", base, {})
-        run = toy.demo.RunSpec("/d/v", 256, 4, 5, 1e-4, str(out / "runs" / "v"), init_from=str(ckpt))
-        return toy._train(out, "v", run, {})[0]
-
-    (tmp_path / "a" / "runs").mkdir(parents=True)
-    chain(tmp_path / "a")
+    train_chain(toy, tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    assert chain(tmp_path / "b") == tmp_path / "b" / "runs" / "v" / "iter_0000001"
+    assert train_chain(toy, tmp_path / "b") == tmp_path / "b" / "runs" / "v" / "iter_0000001"
     assert trained == ["base", "v"]  # nothing trained again in the copy
 
 
