@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from megatron_endprompt.data.builder import BuildConfig, build  # noqa: E402
 from megatron_endprompt.data.corpus import decode_doc, expand_inputs, iter_documents  # noqa: E402
 from megatron_endprompt.data.tokenizers import load_tokenizer, train_sentencepiece  # noqa: E402
+from megatron_endprompt.machine import cpu_name  # noqa: E402
 from megatron_endprompt.positions import SchemeConfig  # noqa: E402
 
 
@@ -89,13 +90,8 @@ def builder_run(cfg: BuildConfig, repeats: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -4,12 +4,13 @@ command and hardware. Pure functions of `results.json` (so `--report-only` rebui
 from __future__ import annotations
 
 import os
-import platform
 import shlex
 from pathlib import Path
 
 import yaml
 from toy_config import SCALING_NAMES
+
+from megatron_endprompt.machine import cpu_name
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -241,14 +242,5 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
-    )
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    return f"{cpu_name()}, {os.cpu_count()} cores visible, torch threads {threads}"
