@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from megatron_endprompt.data.tokenizers import load_tokenizer  # noqa: E402
 from megatron_endprompt.eval.backends import MegatronBackend  # noqa: E402
 from megatron_endprompt.eval.runner import evaluate  # noqa: E402
+from megatron_endprompt.machine import cpu_name  # noqa: E402
 
 MODES = ("plain", "draft", "draft+kept")
 
@@ -110,6 +112,7 @@ def markdown(data: dict) -> str:
         "",
         f"Command: `{data['command']}` ({data['date']}). Machine: {data['machine']}.",
         "",
+        *([data["note"], ""] if data["note"] else []),
         f"Request: {json.dumps(data['request'])}; `answer_nll` on. Every mode gave the same generated tokens "
         "and answer NLLs (checked by the script).",
         "",
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-option", action="append", default=[], help="task.option=value (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--note", default="", help="a line for the report (e.g. how the checkpoint was made)")
     args = p.parse_args(argv)
     if not args.checkpoint.exists():
         raise SystemExit(f"--checkpoint: {args.checkpoint} does not exist")
@@ -161,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "command": shlex.join(["python", "benchmarks/eval_decoding.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, torch threads {args.threads}, "
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores visible, torch threads {args.threads}, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
+        "note": args.note,
         "request": request,
         "modes": modes,
     }
