@@ -418,16 +418,33 @@ def task_options(cfg: ToyConfig) -> dict[str, dict[str, int]]:
 
 
 def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: Path, seed: int) -> dict:
-    """`eval.evaluate` on one checkpoint (cached in <out>/eval/<label>.json while the eval settings and the
-    checkpoint's lineage stay the same)."""
+    """`eval.evaluate` on one checkpoint, one cached evaluation per length (<out>/eval/<label>_L<n>.json, kept
+    while the eval settings and the checkpoint's lineage stay the same), merged: adding a length to
+    `eval_lengths` evaluates only that length."""
     from megatron_endprompt.data.tokenizers import load_tokenizer
     from megatron_endprompt.eval.backends import MegatronBackend
+
+    loaded: dict = {}
+
+    def model():  # loaded once, and only if some length is not cached
+        if not loaded:
+            loaded["tok"] = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
+            loaded["backend"] = MegatronBackend.from_checkpoint(ckpt)
+        return loaded["backend"], loaded["tok"]
+
+    parts = [_evaluate_length(out, cfg, label, ckpt, seed, n, model) for n in cfg.eval_lengths]
+    return merge_evals(parts)
+
+
+def _evaluate_length(
+    out: Path, cfg: ToyConfig, label: str, ckpt: Path, seed: int, length: int, model
+) -> dict:
     from megatron_endprompt.eval.runner import evaluate
 
-    path = out / "eval" / f"{label}.json"
+    path = out / "eval" / f"{label}_L{length}.json"
     request = {
         "tasks": cfg.eval_tasks,
-        "lengths": cfg.eval_lengths,
+        "lengths": [length],
         "depths": cfg.eval_depths,
         "samples": cfg.eval_samples,
         "seed": seed,
@@ -437,17 +454,28 @@ def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: P
         "task_options": task_options(cfg),
     }
     key = fingerprint(out, {**request, "checkpoint": str(ckpt)}, lineage(ckpt))
-    result = cached(path, key, f"eval {label}", legacy_ok=False)
+    result = cached(path, key, f"eval {label} at {length}", legacy_ok=False)
     if result is not None:
         return result
-    tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
-    backend = MegatronBackend.from_checkpoint(ckpt)
+    backend, tok = model()
     result = evaluate(backend, tok, progress=False, answer_nll=True, **request)
     result.pop("samples", None)  # keep the files small; scores per length and depth stay
     result["fingerprint"] = key
     write_json(path, result)
-    logger.info("eval %s: %s", label, result["results"])
+    logger.info("eval %s at %d: %s", label, length, result["results"])
     return result
+
+
+def merge_evals(parts: list[dict]) -> dict:
+    """One result dict from per-length ones: the by-length tables joined, elapsed seconds summed."""
+    merged: dict = {"elapsed_s": sum(p.get("elapsed_s", 0.0) for p in parts)}
+    for part in parts:
+        for field in ("results", "answer_nll", "depth_detail"):
+            for task, by_length in part.get(field, {}).items():
+                merged.setdefault(field, {}).setdefault(task, {}).update(by_length)
+        if "perplexity" in part:
+            merged.setdefault("perplexity", {}).update(part["perplexity"])
+    return merged
 
 
 def run_all(out: Path, cfg: ToyConfig) -> dict:

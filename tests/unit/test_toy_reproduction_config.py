@@ -256,31 +256,50 @@ def test_a_copied_out_dir_reuses_its_runs(toy, trained, tmp_path) -> None:
     assert trained == ["base", "v"]  # nothing trained again in the copy
 
 
-def test_evaluations_are_redone_when_the_eval_settings_change(toy, monkeypatch, tmp_path) -> None:
+def test_evaluations_are_cached_per_length_and_redone_when_the_eval_settings_change(
+    toy, monkeypatch, tmp_path
+) -> None:
     import megatron_endprompt.data.tokenizers as tokenizers
     import megatron_endprompt.eval.backends as backends
     import megatron_endprompt.eval.runner as runner
 
-    calls = []
+    calls, loads = [], []
 
     def fake_evaluate(backend, tok, **request):
-        calls.append(request["samples"])
-        return {"results": {"passkey": {"256": 100.0}}, "samples": ["dropped"]}
+        (n,) = request["lengths"]
+        calls.append((n, request["samples"]))
+        return {
+            "results": {"passkey": {str(n): float(n % 100)}},
+            "answer_nll": {"passkey": {str(n): 0.5}},
+            "depth_detail": {"passkey": {str(n): {"0": 1.0}}},
+            "elapsed_s": 2.0,
+            "samples": ["dropped"],
+        }
 
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     monkeypatch.setattr(tokenizers, "load_tokenizer", lambda *a: None)
-    monkeypatch.setattr(backends.MegatronBackend, "from_checkpoint", staticmethod(lambda ckpt: None))
+    monkeypatch.setattr(backends.MegatronBackend, "from_checkpoint", staticmethod(lambda c: loads.append(c)))
     ckpt = tmp_path / "runs" / "base" / "iter_0000001"
-    for samples in (5, 5, 10):
-        cfg = toy.load_toy_config(None, [f"eval_samples={samples}"])
-        result = toy.evaluate_run(tmp_path, cfg, tmp_path / "tok.model", "base", ckpt, seed=0)
-    assert calls == [5, 10] and "samples" not in result
-    cached = json.loads((tmp_path / "eval" / "base.json").read_text())
-    assert cached["fingerprint"] == result["fingerprint"]
+
+    def run(*overrides: str) -> dict:
+        cfg = toy.load_toy_config(None, list(overrides))
+        return toy.evaluate_run(tmp_path, cfg, tmp_path / "tok.model", "base", ckpt, seed=0)
+
+    run("eval_samples=5", "eval_lengths=[256]")
+    run("eval_samples=5", "eval_lengths=[256]")
+    assert calls == [(256, 5)] and len(loads) == 1  # cached: the model is not even loaded
+    result = run("eval_samples=5", "eval_lengths=[256,1024]")  # only the new length is evaluated
+    assert calls == [(256, 5), (1024, 5)] and len(loads) == 2
+    assert result["results"] == {"passkey": {"256": 56.0, "1024": 24.0}} and "samples" not in result
+    assert set(result["depth_detail"]["passkey"]) == {"256", "1024"} and result["elapsed_s"] == 4.0
+    run("eval_samples=10", "eval_lengths=[256,1024]")
+    assert calls[2:] == [(256, 10), (1024, 10)] and len(loads) == 3  # one load for both lengths
+    path = tmp_path / "eval" / "base_L256.json"
+    cached = json.loads(path.read_text())
     del cached["fingerprint"]  # an older cache without one is evaluated again
-    (tmp_path / "eval" / "base.json").write_text(json.dumps(cached))
-    toy.evaluate_run(tmp_path, cfg, tmp_path / "tok.model", "base", ckpt, seed=0)
-    assert calls == [5, 10, 10]
+    path.write_text(json.dumps(cached))
+    run("eval_samples=10", "eval_lengths=[256,1024]")
+    assert calls[4:] == [(256, 10)]
 
 
 def test_recorded_command_leaves_the_note_out(report) -> None:
