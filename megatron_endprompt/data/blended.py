@@ -16,6 +16,7 @@ import math
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -53,7 +54,12 @@ class EndPromptMegatronDataset(MegatronDataset):
         return ["random_seed", "sequence_length", "split", "split_matrix", "cue_loss_weight"]
 
     def _shuffled_order(self) -> np.ndarray:
-        """Positions into self.indices: one permutation per epoch, seeded by (seed, split, dataset path)."""
+        """Positions into self.indices: one permutation per epoch, seeded by (seed, split, prefix identity, epoch).
+
+        The prefix's identity is its file name and size, not its full path: the same data moved or copied
+        elsewhere (another --out, another node's mount) is read in the same order, so a seed reproduces a run
+        wherever its data lies; differently named prefixes of one blend still get different orders.
+        """
         n = len(self.indices)
         total = n if self.num_samples is None else self.num_samples
         if n == 0:
@@ -62,7 +68,7 @@ class EndPromptMegatronDataset(MegatronDataset):
                     f"{self.dataset_path}: the {self.index_split.name} split is empty; adjust split"
                 )
             return np.zeros(0, dtype=np.int64)
-        path_key = zlib.crc32(str(self.dataset_path).encode("utf-8"))
+        path_key = zlib.crc32(f"{Path(self.dataset_path).name}:{len(self.dataset)}".encode())
         epochs = max(1, math.ceil(total / n))
         perms = []
         for epoch in range(epochs):

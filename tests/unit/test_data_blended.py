@@ -97,6 +97,25 @@ def test_single_prefix_one_epoch_is_a_permutation(process_group, prefixes):
     assert _signature(train) != _signature(base)  # shuffled
 
 
+def test_the_order_does_not_depend_on_where_the_data_lies(process_group, prefixes, tmp_path):
+    """A seed reproduces a run wherever its data is (a copied --out, another mount); other names shuffle apart."""
+    import shutil
+    from pathlib import Path
+
+    from megatron_endprompt.data.blended import build_train_valid_test
+
+    src = Path(prefixes[0])
+    for f in src.parent.glob(src.name + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+        shutil.copy(f, tmp_path / f.name.replace(src.name, "renamed", 1))
+    orders = [
+        _signature(build_train_valid_test([p], split="100,0,0", seed=1)[0])
+        for p in (str(src), str(tmp_path / src.name), str(tmp_path / "renamed"))
+    ]
+    assert orders[0] == orders[1]
+    assert orders[2] != orders[0] and sorted(orders[2]) == sorted(orders[0])
+
+
 def test_batch_indices_layout():
     from megatron_endprompt.data.blended import batch_indices
 
