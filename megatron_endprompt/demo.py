@@ -122,11 +122,11 @@ class DemoConfig:
 
 
 # FULL: the toy reproduction's base recipe, shortened (4 layers x width 256; aligned packing; a constant-LR
-# passkey warm-up, then retrieval-focused steps at P0). Whether retrieval forms differs from run to run (CPU
-# training is not bitwise reproducible): with 1000 + 600 steps one trial's base retrieved 40/40 passkeys at P0
-# and another 3/12; 1500 + 800 steps with passkeys weighted 4:1:1 gave passkey 12/12 and NIAH 0/12 at P0. With
-# 1:1:1 and 1200 focused steps (14 min on 2 cores) one run gave passkey and NIAH 24/24 at P0, the next 20/24
-# and 3/24: docs/results/demo_cpu.md.
+# passkey warm-up, then retrieval-focused steps at P0). Whether retrieval forms depends on the sample order:
+# with 1000 + 600 steps one trial's base retrieved 40/40 passkeys at P0 and another 3/12; 1500 + 800 steps with
+# passkeys weighted 4:1:1 gave passkey 12/12 and NIAH 0/12 at P0. With 1:1:1 and 1200 focused steps: passkey
+# and NIAH 24/24 at P0, 13 min on 2 cores (docs/results/demo_cpu.md, with two runs whose order still depended
+# on --out: one formed NIAH, one did not).
 FULL = DemoConfig(
     documents=12000,
     max_words=150,
