@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from megatron_endprompt.data.tokenizers import load_tokenizer  # noqa: E402
 from megatron_endprompt.eval.backends import MegatronBackend  # noqa: E402
+from megatron_endprompt.eval.cli import parse_task_option, task_options  # noqa: E402
 from megatron_endprompt.eval.runner import evaluate  # noqa: E402
 from megatron_endprompt.machine import cpu_name  # noqa: E402
 
@@ -93,17 +94,6 @@ def run_mode(backend: MegatronBackend, counter: list[int], mode: str, tok, reque
     }
 
 
-def parse_options(pairs: list[str]) -> dict[str, dict]:
-    options: dict[str, dict] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        task, dot, option = key.partition(".")
-        if not (sep and dot and task and option):
-            raise SystemExit(f"--task-option: expected task.option=value, got {pair!r}")
-        options.setdefault(task, {})[option] = int(value)
-    return options
-
-
 def markdown(data: dict) -> str:
     rows = data["modes"]
     base = rows["plain"]["seconds"]
@@ -138,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--samples", type=int, default=4, help="prompts per task and depth")
     p.add_argument("--max-new-tokens", type=int, default=5)
-    p.add_argument("--task-option", action="append", default=[], help="task.option=value (repeatable)")
+    p.add_argument(
+        "--task-option", type=parse_task_option, action="append", default=[], help="TASK.KEY=INT (repeatable)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--note", default="", help="a line for the report (e.g. how the checkpoint was made)")
@@ -155,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "depths": args.depths,
         "samples": args.samples,
         "max_new_tokens": args.max_new_tokens,
-        "task_options": parse_options(args.task_option),
+        "task_options": task_options(args.task_option),
     }
     modes = {mode: run_mode(backend, counter, mode, tok, request) for mode in MODES}
     reference = modes["plain"]["outputs"]

@@ -26,7 +26,8 @@ def _csv(kind):
     return parse
 
 
-def _task_option(text: str) -> tuple[str, str, int]:
+def parse_task_option(text: str) -> tuple[str, str, int]:
+    """One `--task-option TASK.KEY=INT` as (task, key, value); an argparse type."""
     target, sep, value = text.partition("=")
     task, dot, key = target.partition(".")
     try:
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task-option",
         dest="task_options",
-        type=_task_option,
+        type=parse_task_option,
         action="append",
         default=[],
         metavar="TASK.KEY=INT",
