@@ -19,20 +19,24 @@ Every stage calls the package (data builder, `python -m megatron_endprompt.train
 runs the stages and caches them; `toy_config.py` holds the settings, `toy_report.py` the tables and the plot.
 Settings come from a YAML file (default: `config.yaml` next to this script) and `--set key=value` overrides.
 
-    python examples/toy_reproduction/run.py --out runs/toy [--config FILE] [--set base_steps=300 ...]
+    python examples/toy_reproduction/run.py --out runs/toy [--config FILE] [--set base_steps=300 ...] [--jobs 2]
     python examples/toy_reproduction/run.py --out runs/toy --report-only   # rebuild the report from results
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
@@ -478,32 +482,134 @@ def merge_evals(parts: list[dict]) -> dict:
     return merged
 
 
-def run_all(out: Path, cfg: ToyConfig) -> dict:
+class Unit(NamedTuple):
+    """One extension run (variant x seed) and its evaluation; variant "base" is the base's evaluation alone."""
+
+    variant: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return "base" if self.variant == "base" else f"{self.variant}_s{self.seed}"
+
+
+def run_unit(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, unit: Unit) -> tuple[float, dict]:
+    """Train (the base is trained already) and evaluate one unit: (training seconds, evaluation)."""
+    if unit.variant == "base":
+        return 0.0, evaluate_run(out, cfg, tok, "base", base, 0)
+    ckpt, seconds = extend(out, cfg, data, base, unit.variant, unit.seed)
+    return seconds, evaluate_run(out, cfg, tok, unit.label, ckpt, unit.seed)
+
+
+def worker_threads(jobs: int) -> int:
+    """Torch threads per parallel job: OMP_NUM_THREADS if set, else the usable cores shared out."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the training subprocesses inherit it
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _output_to(log: Path):
+    """This process's output, its logging and its subprocesses' output (fds 1 and 2) appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    with log.open("a", buffering=1) as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        streams = [h.setStream(f) for h in handlers]
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+        finally:
+            for handler, stream in zip(handlers, streams, strict=True):
+                handler.setStream(stream)
+
+
+def _unit_in_worker(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, unit: Unit):
+    """run_unit in a worker process, its output going to <out>/logs/<label>.log."""
+    with _output_to(out / "logs" / f"{unit.label}.log"):
+        return run_unit(out, cfg, tok, data, base, unit)
+
+
+def run_units(
+    out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, units: list[Unit], jobs: int = 1
+) -> dict[Unit, tuple[float, dict]]:
+    """Every unit, in this process (jobs 1) or in `jobs` worker processes, the costliest first; a unit that
+    fails stops the rest from starting and raises after the running ones finish (finished units are cached,
+    so the same command continues where it stopped)."""
+    if jobs == 1:
+        return {unit: run_unit(out, cfg, tok, data, base, unit) for unit in units}
+    threads = worker_threads(jobs)
+    order = sorted(units, key=lambda u: -training_flops(cfg, u.variant) if u.variant != "base" else 0.0)
+    logger.info(
+        "%d runs in %d parallel jobs of %d torch thread(s); logs in %s",
+        len(units),
+        jobs,
+        threads,
+        out / "logs",
+    )
+    results, failure = {}, None
+    # fork: the workers share this process's loaded modules (start-up stays cheap, and the script needs no
+    # importable module name); nothing here has started torch threads before the pool forks
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_unit_in_worker, out, cfg, tok, data, base, u): u for u in order}
+        for finished, future in enumerate(as_completed(futures), 1):
+            unit = futures[future]
+            if future.cancelled():  # after a failure: never started
+                continue
+            try:
+                results[unit] = future.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the running units finish
+                failure = failure or (unit, exc)
+                for pending in futures:
+                    pending.cancel()
+                continue
+            logger.info(
+                "[%d/%d] %s done (training %.0f s)", finished, len(units), unit.label, results[unit][0]
+            )
+    if failure:
+        unit, exc = failure
+        raise RuntimeError(
+            f"{unit.label} failed: {exc} (log: {out / 'logs' / unit.label}.log); the finished units are cached, "
+            "the same command continues from them"
+        ) from exc
+    return {unit: results[unit] for unit in units}
+
+
+def run_all(out: Path, cfg: ToyConfig, jobs: int = 1) -> dict:
     """Data, base, every variant x seed, evaluation; returns the collected results (also results.json)."""
     tok, data = build_all(out, cfg)
     base, base_seconds = train_base(out, cfg, data)
-    variants = {}
+    if "pi_only" in cfg.variants:
+        scaled_copy(out, cfg, base)  # once, before the units that evaluate it (maybe in parallel) start
+    units = [Unit(v, seed) for v in cfg.variants for seed in cfg.seeds] + [Unit("base", 0)]
+    done = run_units(out, cfg, tok, data, base, units, jobs)
+    rows = {
+        "base": {
+            "seconds": base_seconds,
+            "physical_length": cfg.base_length,
+            "flops": base_flops(cfg),
+            "evals": [done[Unit("base", 0)][1]],
+        }
+    }
     for variant in cfg.variants:
-        row = {
+        rows[variant] = {
             "physical_length": physical_length(cfg, variant),
             "flops": training_flops(cfg, variant),
-            "seconds": [],
-            "evals": [],
+            "seconds": [done[Unit(variant, seed)][0] for seed in cfg.seeds],
+            "evals": [done[Unit(variant, seed)][1] for seed in cfg.seeds],
         }
-        for seed in cfg.seeds:
-            ckpt, seconds = extend(out, cfg, data, base, variant, seed)
-            row["seconds"].append(seconds)
-            row["evals"].append(evaluate_run(out, cfg, tok, f"{variant}_s{seed}", ckpt, seed))
-        variants[variant] = row
-    # The base is evaluated last: several processes splitting `variants` over one --out start their own work
-    # at once, and whichever finishes first leaves the base evaluation cached for the others.
-    base_row = {
-        "seconds": base_seconds,
-        "physical_length": cfg.base_length,
-        "flops": base_flops(cfg),
-        "evals": [evaluate_run(out, cfg, tok, "base", base, 0)],
-    }
-    rows = {"base": base_row, **variants}
     results = {"config": dataclasses.asdict(cfg), "rows": rows}
     write_json(out / "results.json", results)
     return results
@@ -522,7 +628,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="toy_reproduction", help="report file name (without suffix)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/results.json")
     p.add_argument("--note", default=None, help="a paragraph added to the report (e.g. machine load)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="extension runs trained and evaluated at once, each in its own process with the cores shared out "
+        "(OMP_NUM_THREADS overrides the threads per job); their logs go to <out>/logs/",
+    )
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = load_toy_config(args.config if args.config.is_file() else None, args.overrides)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -531,11 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((args.out / "results.json").read_text())
         meta = {**results["meta"], "command": recorded_command(shlex.split(results["meta"]["command"])[1:])}
     else:
-        results = run_all(args.out, cfg)
+        results = run_all(args.out, cfg, args.jobs)
         meta = {
             "command": recorded_command([sys.argv[0], *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "hardware": hardware(),
+            "hardware": hardware(args.jobs, worker_threads(args.jobs) if args.jobs > 1 else None),
             "wall_minutes": (time.time() - start) / 60,
         }
         results["meta"] = meta

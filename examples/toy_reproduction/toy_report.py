@@ -241,6 +241,9 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
-def hardware() -> str:
-    threads = os.environ.get("OMP_NUM_THREADS", "default")
-    return f"{cpu_name()}, {os.cpu_count()} cores visible, torch threads {threads}"
+def hardware(jobs: int = 1, threads: int | None = None) -> str:
+    """The CPU and how it was shared: `jobs` parallel processes of `threads` torch threads each."""
+    machine = f"{cpu_name()}, {os.cpu_count()} cores visible"
+    if jobs == 1:
+        return f"{machine}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    return f"{machine}, {jobs} parallel jobs of {threads} torch thread(s) each"

@@ -1,35 +1,14 @@
 """The toy reproduction's shipped settings parse, every variant maps to a valid position scheme, and the token
 budget is equal across variants while FLOPs reflect the physical length."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "toy_reproduction" / "run.py"
-
-
-@pytest.fixture(scope="module")
-def toy():
-    spec = importlib.util.spec_from_file_location("toy_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["toy_run"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def report(toy):
-    """The report module (`toy_report.py`, importable once run.py is loaded)."""
-    import toy_report
-
-    return toy_report
-
 
 def test_shipped_config_parses_and_schemes_are_valid(toy) -> None:
-    cfg = toy.load_toy_config(SCRIPT.with_name("config.yaml"), [])
+    cfg = toy.load_toy_config(Path(toy.__file__).with_name("config.yaml"), [])
     assert set(cfg.variants) == set(toy.VARIANTS)
     schemes = toy.schemes(cfg)
     for variant in cfg.variants:
@@ -71,7 +50,7 @@ def test_shipped_yaml_equals_the_documented_defaults(toy) -> None:
 
     import yaml
 
-    shipped = yaml.safe_load(SCRIPT.with_name("config.yaml").read_text())
+    shipped = yaml.safe_load(Path(toy.__file__).with_name("config.yaml").read_text())
     assert shipped == dataclasses.asdict(toy.ToyConfig())
 
 
