@@ -119,6 +119,39 @@ def depth_table(rows: dict, cfg: dict, task: str) -> list[str]:
     return [*lines, ""]
 
 
+PAIRED_REFERENCE = "contiguous_short"
+
+
+def seed_table(rows: dict, cfg: dict, task: str) -> list[str]:
+    """Each seed's accuracy at the longest length and its difference from contiguous short of the same seed.
+    The variants of one seed read the same samples in the same order and are evaluated on the same prompts,
+    so these pairs are firmer evidence than the means when seeds spread widely."""
+    if len(cfg["seeds"]) < 2 or PAIRED_REFERENCE not in rows:
+        return []
+    n = str(max(cfg["eval_lengths"]))
+    reference = [e["results"][task][n] for e in rows[PAIRED_REFERENCE]["evals"]]
+    seeds = " | ".join(f"seed {s}" for s in cfg["seeds"])
+    lines = [
+        f"## {task} at {n} tokens per seed, paired with {PAIRED_REFERENCE}",
+        "",
+        f"| variant | {seeds} | minus {PAIRED_REFERENCE}, per seed | better in |",
+        "|---|" + "---:|" * len(cfg["seeds"]) + "---:|---:|",
+    ]
+    for name, row in rows.items():
+        if name in ("base", PAIRED_REFERENCE):
+            continue
+        scores = [e["results"][task][n] for e in row["evals"]]
+        diffs = [a - b for a, b in zip(scores, reference, strict=True)]
+        lines.append(
+            f"| {row_label(name, cfg)} | " + " | ".join(f"{v:.0f}" for v in scores)
+            + " | " + " / ".join(f"{d:+.0f}" for d in diffs)
+            + f" | {sum(d > 0 for d in diffs)} of {len(diffs)} |"
+        )  # fmt: skip
+    reference_cells = " | ".join(f"{v:.0f}" for v in reference)
+    lines.insert(4, f"| {PAIRED_REFERENCE} | {reference_cells} | (reference) | |")
+    return [*lines, ""]
+
+
 def row_label(name: str, cfg: dict) -> str:
     """Report name of a row: `pi_only` is "scaling only", so under YaRN it reads `yarn_only (pi_only)`."""
     scaling = cfg.get("scaling", "linear")
@@ -186,6 +219,9 @@ def markdown(results: dict, meta: dict) -> str:
                 + " |"
             )
         lines.append("")
+    for task in ("passkey", "niah_single_1"):
+        if task in cfg["eval_tasks"]:
+            lines += seed_table(rows, cfg, task)
     for task in ("passkey", "niah_single_1"):
         if task in cfg["eval_tasks"]:
             lines += depth_table(rows, cfg, task)

@@ -119,6 +119,14 @@ def test_report_states_base_strength_precision_and_scores(toy, report, tmp_path)
     assert "## passkey_answer_nll" in text and "| endprompt | 256 | 1.00e+11 | 6 | 1.30 ± 0.20 |" in text
     assert "## passkey at 2032 tokens by needle depth" in text and "| endprompt | 25 | 50 |" in text
     assert "## niah_single_1 at 2032 tokens by needle depth" not in text  # no depth detail recorded for it
+    assert "per seed, paired" not in text  # no contiguous_short row to pair with
+    paired = {**rows, "contiguous_short": {**rows["endprompt"], "evals": [evals(50), evals(45)]}}
+    text = report.markdown({"config": cfg, "rows": paired}, meta)
+    assert "## passkey at 2032 tokens per seed, paired with contiguous_short" in text
+    assert "| contiguous_short | 50 | 45 | (reference) | |" in text
+    assert "| endprompt | 40 | 60 | -10 / +15 | 1 of 2 |" in text
+    one_seed = {**cfg, "seeds": [0]}
+    assert "per seed, paired" not in report.markdown({"config": one_seed, "rows": paired}, meta)
     assert "pools 50 prompts" in text and "standard error <= 7.1 points" in text
     assert "then 1000 steps at P0 on a retrieval-focused corpus" in text
     assert (
