@@ -340,8 +340,9 @@ def child_env() -> dict[str, str]:
 
 
 def run_training(out: Path, name: str, spec: dict) -> Path:
-    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns its last checkpoint."""
-    from megatron_endprompt.training.checkpoint_io import find_latest
+    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns its final checkpoint
+    (an error if the run stopped before its last step)."""
+    from megatron_endprompt.training.checkpoint_io import find_latest, iteration_of
 
     path = out / "recipes" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -358,6 +359,13 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
     latest = find_latest(save)
     if latest is None:
         raise RuntimeError(f"training run {name!r} left no checkpoint under {save}")
+    steps = spec["training"]["train_steps"]
+    if iteration_of(latest) != steps:
+        # the trainer exits 0 after a stop signal (preemption), with a checkpoint taken early
+        raise RuntimeError(
+            f"training run {name!r} stopped at step {iteration_of(latest)} of {steps} (a stop signal?); "
+            f"its checkpoint {latest} is not used"
+        )
     return Path(latest)
 
 

@@ -32,11 +32,12 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import traceback
 from pathlib import Path
 from typing import NamedTuple
 
@@ -509,13 +510,6 @@ def worker_threads(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # the training subprocesses inherit it
-    torch.set_num_threads(threads)
-
-
 @contextlib.contextmanager
 def _output_to(log: Path):
     """This process's output, its logging and its subprocesses' output (fds 1 and 2) appended to `log`."""
@@ -535,56 +529,84 @@ def _output_to(log: Path):
                 handler.setStream(stream)
 
 
-def _unit_in_worker(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, unit: Unit):
-    """run_unit in a worker process, its output going to <out>/logs/<label>.log."""
+def _unit_in_worker(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, unit: Unit, threads: int):
+    """A worker process's whole life: run_unit with `threads` torch threads (its training subprocess inherits
+    OMP_NUM_THREADS), output to <out>/logs/<label>.log; exit status 1 after a failure, its traceback logged."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
     with _output_to(out / "logs" / f"{unit.label}.log"):
-        return run_unit(out, cfg, tok, data, base, unit)
+        try:
+            run_unit(out, cfg, tok, data, base, unit)
+        except BaseException:
+            traceback.print_exc()
+            raise SystemExit(1) from None
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.is_file() else []
+    return lines[-1] if lines else "(empty log)"
+
+
+def run_in_workers(
+    out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, units: list[Unit], jobs: int
+) -> None:
+    """Every unit in its own forked process, `jobs` at a time, the costliest first; each leaves its training
+    and evaluation cached. After a failure no new unit starts; the running ones finish, then the error names
+    the failed units and their logs. Ctrl-C stops the running workers."""
+    threads = worker_threads(jobs)
+    pending = sorted(units, key=lambda u: -training_flops(cfg, u.variant) if u.variant != "base" else 0.0)
+    logger.info("%d runs, %d at a time, %d torch thread(s) each; logs in %s", len(units), jobs, threads,
+                out / "logs")  # fmt: skip
+    # fork: a worker starts with this process's modules (cheap, and the script needs no importable module
+    # name); nothing here has started torch threads before forking
+    context = multiprocessing.get_context("fork")
+    running: dict = {}  # process -> (unit, start time)
+    failures: list[str] = []
+    try:
+        while pending or running:
+            while pending and not failures and len(running) < jobs:
+                unit = pending.pop(0)
+                args = (out, cfg, tok, data, base, unit, threads)
+                proc = context.Process(target=_unit_in_worker, args=args, name=unit.label)
+                proc.start()
+                running[proc] = (unit, time.perf_counter())
+            if not running:
+                break
+            multiprocessing.connection.wait([proc.sentinel for proc in running])
+            for proc in [p for p in running if not p.is_alive()]:
+                proc.join()
+                unit, started = running.pop(proc)
+                log = out / "logs" / f"{unit.label}.log"
+                if proc.exitcode:
+                    failures.append(
+                        f"{unit.label} failed (exit code {proc.exitcode}): {_last_line(log)}; log: {log}"
+                    )
+                    continue
+                done = len(units) - len(pending) - len(running) - len(failures)
+                logger.info(
+                    "[%d/%d] %s done in %.0f s", done, len(units), unit.label, time.perf_counter() - started
+                )
+    except BaseException:  # Ctrl-C (the workers got it too) or an error here: leave no worker behind
+        for proc in running:
+            proc.terminate()
+            proc.join()
+        raise
+    if failures:
+        raise RuntimeError(
+            "; ".join(failures) + ". The finished runs are cached: the same command continues from them"
+        )
 
 
 def run_units(
     out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, units: list[Unit], jobs: int = 1
 ) -> dict[Unit, tuple[float, dict]]:
-    """Every unit, in this process (jobs 1) or in `jobs` worker processes, the costliest first; a unit that
-    fails stops the rest from starting and raises after the running ones finish (finished units are cached,
-    so the same command continues where it stopped)."""
-    if jobs == 1:
-        return {unit: run_unit(out, cfg, tok, data, base, unit) for unit in units}
-    threads = worker_threads(jobs)
-    order = sorted(units, key=lambda u: -training_flops(cfg, u.variant) if u.variant != "base" else 0.0)
-    logger.info(
-        "%d runs in %d parallel jobs of %d torch thread(s); logs in %s",
-        len(units),
-        jobs,
-        threads,
-        out / "logs",
-    )
-    results, failure = {}, None
-    # fork: the workers share this process's loaded modules (start-up stays cheap, and the script needs no
-    # importable module name); nothing here has started torch threads before the pool forks
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_unit_in_worker, out, cfg, tok, data, base, u): u for u in order}
-        for finished, future in enumerate(as_completed(futures), 1):
-            unit = futures[future]
-            if future.cancelled():  # after a failure: never started
-                continue
-            try:
-                results[unit] = future.result()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after the running units finish
-                failure = failure or (unit, exc)
-                for pending in futures:
-                    pending.cancel()
-                continue
-            logger.info(
-                "[%d/%d] %s done (training %.0f s)", finished, len(units), unit.label, results[unit][0]
-            )
-    if failure:
-        unit, exc = failure
-        raise RuntimeError(
-            f"{unit.label} failed: {exc} (log: {out / 'logs' / unit.label}.log); the finished units are cached, "
-            "the same command continues from them"
-        ) from exc
-    return {unit: results[unit] for unit in units}
+    """(training seconds, evaluation) of every unit, in the given order. With `jobs` > 1 worker processes run
+    them first; this process then reads their cached results through the same code path."""
+    if jobs > 1:
+        run_in_workers(out, cfg, tok, data, base, units, jobs)
+    return {unit: run_unit(out, cfg, tok, data, base, unit) for unit in units}
 
 
 def run_all(out: Path, cfg: ToyConfig, jobs: int = 1) -> dict:
@@ -646,7 +668,13 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((args.out / "results.json").read_text())
         meta = {**results["meta"], "command": recorded_command(shlex.split(results["meta"]["command"])[1:])}
     else:
-        results = run_all(args.out, cfg, args.jobs)
+        try:
+            results = run_all(args.out, cfg, args.jobs)
+        except KeyboardInterrupt:
+            logger.error(
+                "interrupted; the finished runs are cached in %s: the same command continues", args.out
+            )
+            return 130
         meta = {
             "command": recorded_command([sys.argv[0], *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),

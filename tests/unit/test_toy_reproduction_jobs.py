@@ -2,6 +2,7 @@
 results as one process, each with its own log; a failing run stops the rest and names its log, and the same
 command then continues from the finished runs."""
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ UNITS = [("contiguous_short", 0), ("contiguous_short", 1), ("endprompt", 0), ("f
 
 @pytest.fixture
 def fakes(toy, monkeypatch) -> set[str]:
-    """Training leaves an empty checkpoint holding the worker's pid (runs named in the returned set fail);
+    """Training leaves an empty checkpoint holding the worker's pid and when it ran (runs named in the returned
+    set fail);
     evaluation scores a checkpoint with its run's name, so a result landing on the wrong unit shows."""
     import megatron_endprompt.data.tokenizers as tokenizers
     import megatron_endprompt.eval.backends as backends
@@ -25,10 +27,11 @@ def fakes(toy, monkeypatch) -> set[str]:
         print(f"training {name}", flush=True)  # into the unit's log
         if name in failing:
             raise RuntimeError("boom")
-        time.sleep(0.3)  # long enough for both workers to get a run
+        start = time.time()
+        time.sleep(0.3)  # long enough for two runs to overlap
         ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
         ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / "pid").write_text(str(os.getpid()))
+        (ckpt / "ran").write_text(f"{os.getpid()} {start} {time.time()}")
         return ckpt
 
     def fake_evaluate(backend, tok, **request):
@@ -57,8 +60,11 @@ def test_parallel_jobs_give_the_serial_results_with_one_log_per_run(toy, fakes, 
     assert scores == {u.label: r[1]["results"]["passkey"]["256"] for u, r in serial.items()}
     assert scores["contiguous_short_s1"] == "contiguous_short_s1" and scores["base"] == "base"
     assert parallel[toy.Unit("full_length", 0)][0] > 0.2  # training seconds measured in the worker
-    pids = {p.read_text() for p in (tmp_path / "p" / "runs").glob("*/iter_0000001/pid")}
-    assert len(pids) == 2 and str(os.getpid()) not in pids  # two workers, not this process
+    ran = [p.read_text().split() for p in (tmp_path / "p" / "runs").glob("*/iter_0000001/ran")]
+    pids = {pid for pid, _, _ in ran}
+    assert len(pids) == 4 and str(os.getpid()) not in pids  # a worker per run, not this process
+    spans = sorted((float(a), float(b)) for _, a, b in ran)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))  # two at a time
     log = (tmp_path / "p" / "logs" / "endprompt_s0.log").read_text()
     assert "training endprompt_s0" in log and "contiguous_short" not in log
 
@@ -66,7 +72,9 @@ def test_parallel_jobs_give_the_serial_results_with_one_log_per_run(toy, fakes, 
 def test_a_failing_run_names_its_log_and_the_rerun_continues(toy, fakes, tmp_path) -> None:
     units = [("pose", 0), ("contiguous_short", 0), ("endprompt", 0), ("full_length", 0)]
     fakes.add("pose_s0")
-    with pytest.raises(RuntimeError, match=r"pose_s0 failed: boom \(log: .*logs/pose_s0\.log\)"):
+    with pytest.raises(
+        RuntimeError, match=r"pose_s0 failed \(exit code 1\): RuntimeError: boom; log: .*pose_s0\.log"
+    ):
         run_units(toy, tmp_path, units, jobs=2)
     finished = {p.name for p in (tmp_path / "runs").glob("*.done.json")}
     assert "full_length_s0.done.json" in finished  # ran alongside the failure, and is kept
