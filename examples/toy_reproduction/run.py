@@ -35,6 +35,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -534,6 +535,8 @@ def _unit_in_worker(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path
     OMP_NUM_THREADS), output to <out>/logs/<label>.log; exit status 1 after a failure, its traceback logged."""
     import torch
 
+    # terminate() (sent when the parent stops) as an exception: subprocess.run then kills the training run too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     with _output_to(out / "logs" / f"{unit.label}.log"):
