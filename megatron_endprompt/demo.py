@@ -359,11 +359,11 @@ def run_training(out: Path, name: str, spec: dict) -> Path:
     latest = find_latest(save)
     if latest is None:
         raise RuntimeError(f"training run {name!r} left no checkpoint under {save}")
-    steps = spec["training"]["train_steps"]
-    if iteration_of(latest) != steps:
+    steps, reached = spec["training"]["train_steps"], iteration_of(latest)
+    if reached != steps:
         # the trainer exits 0 after a stop signal (preemption), with a checkpoint taken early
         raise RuntimeError(
-            f"training run {name!r} stopped at step {iteration_of(latest)} of {steps} (a stop signal?); "
+            f"training run {name!r} stopped at step {reached} of {steps} (a stop signal?); "
             f"its checkpoint {latest} is not used"
         )
     return Path(latest)
