@@ -68,11 +68,11 @@ class EndPromptMegatronDataset(MegatronDataset):
                     f"{self.dataset_path}: the {self.index_split.name} split is empty; adjust split"
                 )
             return np.zeros(0, dtype=np.int64)
-        path_key = zlib.crc32(f"{Path(self.dataset_path).name}:{len(self.dataset)}".encode())
+        prefix_key = zlib.crc32(f"{Path(self.dataset_path).name}:{len(self.dataset)}".encode())
         epochs = max(1, math.ceil(total / n))
         perms = []
         for epoch in range(epochs):
-            rng = np.random.default_rng([self.config.random_seed, self.index_split.value, path_key, epoch])
+            rng = np.random.default_rng([self.config.random_seed, self.index_split.value, prefix_key, epoch])
             perms.append(rng.permutation(n))
         return np.concatenate(perms)[:total]
 
