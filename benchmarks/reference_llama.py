@@ -155,6 +155,16 @@ class ReferenceLlama(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.apply(self._init_weights)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Move / cast as `nn.Module` does, then restore float32 `inv_freq` on its new device.
+
+        `.to(torch.bfloat16)` casts floating buffers too, and bf16 frequencies put the angle at position 65535
+        ~100 rad off; recomputing (rather than casting back) recovers the exact float32 values.
+        """
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.config).to(self.inv_freq.device)
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.config.init_method_std)
@@ -166,7 +176,7 @@ class ReferenceLlama(nn.Module):
                 f"position id {int(position_ids.max())} >= max_position_embeddings "
                 f"{self.config.max_position_embeddings}"
             )
-        angles = position_ids.float()[..., None] * self.inv_freq.float()  # (B, S, D/2)
+        angles = position_ids.float()[..., None] * self.inv_freq  # (B, S, D/2), float32 (see _apply)
         emb = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, S, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
