@@ -37,6 +37,23 @@ def read_meta(prefix: str | os.PathLike) -> dict:
     return meta
 
 
+def require_sidecar(prefix: str | os.PathLike) -> str:
+    """The path of <prefix>.seg; FileNotFoundError naming it when it is missing.
+
+    The sidecar is the only record of each sample's positions. Without it the .bin/.idx pair still reads as an
+    ordinary token stream (Megatron-LM's own GPTDataset reads it so), and cue tokens would train at contiguous
+    positions: a wrong run, not a failed one. So a prefix without its sidecar is refused, never read as plain.
+    """
+    path = f"{prefix}.seg"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: position sidecar missing (every prefix in --data.paths needs <prefix>.seg next to its "
+            ".bin/.idx; without it cue tokens would train at ordinary positions). Copy the .seg with the data or "
+            "rebuild the prefix with tools/build_endprompt_data.py"
+        )
+    return path
+
+
 class EndPromptSamples(Sequence):
     """Samples of one built prefix; `ds[i]` -> dict of numpy arrays of length P."""
 
@@ -45,8 +62,9 @@ class EndPromptSamples(Sequence):
             raise ValueError(f"cue_loss_weight must be >= 0, got {cue_loss_weight}")
         self.prefix = str(prefix)
         self.cue_loss_weight = float(cue_loss_weight)
+        sidecar_path = require_sidecar(prefix)  # first: a .bin/.idx pair alone must never read as data
         self.meta = read_meta(prefix)
-        self.sidecar = read_sidecar(f"{prefix}.seg")
+        self.sidecar = read_sidecar(sidecar_path)
         index = read_index(f"{prefix}.idx")
         self.seq_length = self.sidecar.seq_length
         self.target_length = self.sidecar.target_length
