@@ -123,7 +123,8 @@ def parse_hf_config(raw: dict, source: str = "config.json") -> tuple[ModelConfig
     max_pos = int(raw.get("max_position_embeddings", _HF_DEFAULTS["max_position_embeddings"]))
     head_dim = raw.get("head_dim")
     try:
-        scaling, theta = _rope_from_hf(block, float(theta), max_pos, raw, source)
+        block_name = "rope_parameters" if dialect == "v5" else "rope_scaling"
+        scaling, theta = _rope_from_hf(block, float(theta), max_pos, raw, source, block_name)
         cfg = ModelConfig(
             num_layers=raw["num_hidden_layers"],
             hidden_size=raw["hidden_size"],
@@ -151,12 +152,54 @@ def parse_hf_config(raw: dict, source: str = "config.json") -> tuple[ModelConfig
     return cfg, hf_source
 
 
+# Keys an HF rope block may hold per rope type, (required, optional), besides the type key itself
+# (`rope_type`, or the older `type`) and `partial_rotary_factor`. Optional keys we read have defaults below; a
+# key in neither set is refused, so that a misspelling (e.g. `rope_tpye`, `factr`) cannot silently change RoPE.
+_ROPE_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "default": (frozenset(), frozenset()),
+    "linear": (frozenset({"factor"}), frozenset()),
+    "llama3": (
+        frozenset({"factor"}),
+        frozenset({"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+    ),
+    "yarn": (
+        frozenset(),
+        frozenset(
+            "factor original_max_position_embeddings beta_fast beta_slow attention_factor mscale mscale_all_dim "
+            "truncate".split()
+        ),
+    ),
+}
+_ROPE_ALWAYS_ALLOWED = frozenset({"rope_type", "type", "partial_rotary_factor"})
+
+
+def _check_rope_keys(kind: str, block: dict, block_name: str, source: str) -> None:
+    """Name unknown and missing keys of a supported rope type's block."""
+    required, optional = _ROPE_KEYS[kind]
+    unknown = sorted(set(block) - required - optional - _ROPE_ALWAYS_ALLOWED)
+    if unknown:
+        allowed = sorted(required | optional | {"rope_type"})
+        raise ConversionError(
+            f"{source}: {block_name}: unknown key(s) {unknown} for rope type {kind!r} "
+            f"(allowed: {allowed}); a misspelt key would silently change RoPE"
+        )
+    missing = sorted(k for k in required if block.get(k) is None)
+    if missing:
+        raise ConversionError(f"{source}: {block_name}: rope type {kind!r} needs key(s) {missing}")
+    if block.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConversionError(
+            f"{source}: {block_name}: partial_rotary_factor={block['partial_rotary_factor']} is not supported"
+        )
+
+
 def _rope_from_hf(
-    block: dict, theta: float, max_pos: int, raw: dict, source: str
+    block: dict, theta: float, max_pos: int, raw: dict, source: str, block_name: str = "rope_scaling"
 ) -> tuple[RopeScaling, float]:
     """Our RopeScaling (and rope_theta) from an HF rope block without `rope_theta`."""
     kind = block.get("rope_type", block.get("type", "default"))
     factor = block.get("factor")
+    if kind in _ROPE_KEYS:
+        _check_rope_keys(kind, block, block_name, source)
     if kind == "default":
         note = raw.get(NTK_NOTE_KEY)
         if note and note.get("type") == "ntk":

@@ -1,7 +1,8 @@
 """Streaming access to HF weight files: read tensor by tensor, write size-bounded safetensors shards.
 
 Reading uses `safetensors.safe_open`, so only the tensor asked for is materialised. Pickle files
-(`pytorch_model*.bin`) can run arbitrary code when loaded; they are refused unless the caller opts in.
+(`pytorch_model*.bin`) can run arbitrary code when loaded; they are refused unless the caller opts in, also when
+an index names them. Weight files must lie inside the model directory (see `check_weight_file`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ class HFReader:
     def _index(self, allow_pickle: bool) -> dict[str, str]:
         index = self.hf_dir / SAFETENSORS_INDEX
         if index.is_file():
-            with open(index) as f:
-                return dict(json.load(f)["weight_map"])
+            weight_map = _read_weight_map(index)
+            for fname in sorted(set(weight_map.values())):
+                check_weight_file(self.hf_dir, fname, allow_pickle, f"{SAFETENSORS_INDEX} entry")
+            return weight_map
         files = sorted(p.name for p in self.hf_dir.glob("*.safetensors"))
         if files:
+            for fname in files:
+                check_weight_file(self.hf_dir, fname, allow_pickle, "weight file")
             return {name: fname for fname in files for name in self._handle(fname).keys()}
         pickles = sorted(p.name for p in self.hf_dir.glob("pytorch_model*.bin"))
         if not pickles:
@@ -49,6 +54,8 @@ class HFReader:
                 f"--hf-dir: {self.hf_dir} holds only pickle weights ({', '.join(pickles)}); loading pickles can "
                 "run arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the files"
             )
+        for fname in pickles:
+            check_weight_file(self.hf_dir, fname, allow_pickle, "weight file")
         return {name: fname for fname in pickles for name in self._pickle(fname)}
 
     def _handle(self, fname: str):
@@ -85,6 +92,53 @@ class HFReader:
         if fname.endswith(".bin"):
             return self._pickle(fname)[name].clone()
         return self._handle(fname).get_tensor(name)
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConversionError(f"--hf-dir: {index} is not a valid index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ConversionError(f"--hf-dir: {index}: weight_map must map tensor names to file names")
+    return dict(weight_map)
+
+
+def _allowed_roots(hf_dir: Path) -> list[Path]:
+    """Where weight files may live: inside --hf-dir, and for a Hugging Face hub cache snapshot
+    (`.../snapshots/<revision>`, whose files are symlinks to `../../blobs/<hash>`) in that cache's `blobs/`."""
+    root = hf_dir.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    return roots
+
+
+def check_weight_file(hf_dir: Path, fname: str, allow_pickle: bool, what: str) -> None:
+    """Refuse a weight file outside --hf-dir (absolute, `..`, or a symlink leading out), one that is missing,
+    or a pickle (`.bin`) without --allow-pickle: an index must not widen what a plain directory may do."""
+    rel = Path(fname)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ConversionError(
+            f"--hf-dir: {what} {fname!r} is an absolute path or contains '..'; weight files must lie inside {hf_dir}"
+        )
+    path = hf_dir / rel
+    resolved = path.resolve()
+    if not any(resolved == r or r in resolved.parents for r in _allowed_roots(hf_dir)):
+        raise ConversionError(
+            f"--hf-dir: {what} {fname!r} is a symlink to {resolved}, outside {hf_dir}; refused"
+        )
+    if fname.endswith(".bin"):
+        if not allow_pickle:
+            raise ConversionError(
+                f"--hf-dir: {what} {fname!r} is pickle weights; loading pickles can run arbitrary code. "
+                "Convert them to safetensors, or pass --allow-pickle if you trust the files"
+            )
+    elif not fname.endswith(".safetensors"):
+        raise ConversionError(f"--hf-dir: {what} {fname!r} is neither .safetensors nor .bin")
+    if not path.is_file():
+        raise ConversionError(f"--hf-dir: {what} {fname!r} does not exist in {hf_dir}")
 
 
 _SAFETENSORS_DTYPES = {

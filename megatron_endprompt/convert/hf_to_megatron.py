@@ -19,7 +19,7 @@ from megatron_endprompt.convert import key_map, megatron_io
 from megatron_endprompt.convert.errors import ConversionError
 from megatron_endprompt.convert.hf_config import read_hf_config
 from megatron_endprompt.convert.hf_io import HFReader
-from megatron_endprompt.convert.staging import check_output_dir, staged_dir
+from megatron_endprompt.convert.staging import check_output_dir, refuse_overwriting_input, staged_dir
 from megatron_endprompt.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,8 @@ def hf_to_megatron(
     """
     start = time.time()
     megatron_io.require_single_process("hf-to-megatron")
+    if overwrite:
+        refuse_overwriting_input(megatron_dir, "--megatron-dir", {"--hf-dir": hf_dir})
     hf_dir = Path(hf_dir)
     cfg, source = read_hf_config(hf_dir)
     check_layout(cfg, tp, pp)

@@ -22,7 +22,7 @@ from megatron_endprompt.convert.errors import ConversionError
 from megatron_endprompt.convert.hf_config import DIALECTS, HFSource, build_hf_config, read_hf_config
 from megatron_endprompt.convert.hf_io import DEFAULT_MAX_SHARD_BYTES, write_hf_shards
 from megatron_endprompt.convert.hf_to_megatron import ConversionSummary, split_factory
-from megatron_endprompt.convert.staging import check_output_dir, staged_dir
+from megatron_endprompt.convert.staging import check_output_dir, refuse_overwriting_input, staged_dir
 from megatron_endprompt.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,9 @@ def megatron_to_hf(
     """
     start = time.time()
     megatron_io.require_single_process("megatron-to-hf")
+    if overwrite:
+        inputs = {"--megatron-dir": megatron_dir, "--hf-reference": hf_reference}
+        refuse_overwriting_input(hf_dir, "--hf-dir", inputs)
     ckpt = megatron_io.resolve_checkpoint_dir(megatron_dir)
     cfg = megatron_io.read_model_json(ckpt)
     source, assets = export_source(ckpt, hf_reference)

@@ -26,6 +26,32 @@ def check_output_dir(target: str | Path, overwrite: bool, flag: str) -> Path:
     return target
 
 
+def refuse_overwriting_input(output: str | Path, out_flag: str, inputs: dict[str, str | Path | None]) -> None:
+    """With --overwrite, refuse an output that is an input, lies inside one, or contains one.
+
+    `staged_dir` replaces the whole output directory at the end, so such an output would delete the source
+    (or write the result into the tree being read). Symlinks are resolved on both sides. Call this before
+    anything is read or written.
+    """
+    out = Path(output).resolve()
+    for in_flag, path in inputs.items():
+        if path is None:
+            continue
+        src = Path(path).resolve()
+        if out == src:
+            how = "is the same directory as"
+        elif src in out.parents:
+            how = "lies inside"
+        elif out in src.parents:
+            how = "contains"
+        else:
+            continue
+        raise ConversionError(
+            f"{out_flag} {out} {how} {in_flag} {src}; --overwrite would delete or rewrite the input. "
+            f"Choose an {out_flag} outside {in_flag}"
+        )
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, overwrite: bool, flag: str) -> Iterator[Path]:
     """Yield a temp dir next to `target`; on success it replaces `target`, on error it is removed.
