@@ -302,12 +302,19 @@ def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: tor
         return result
     except torch.OutOfMemoryError:
         return Result(case, status="oom")
-    except (RuntimeError, ValueError) as err:  # e.g. a backend without a kernel for this shape
-        logger.warning("%s failed: %s", case.name, err)
-        return Result(case, status=f"error: {str(err).splitlines()[0][:200]}")
+    except Exception as err:  # noqa: BLE001 - any failure (no kernel for a shape, a Triton CompilationError,
+        # an unsupported TE config) belongs to this case only; the remaining cases still run
+        logger.warning("%s failed: %s: %s", case.name, type(err).__name__, err)
+        return Result(case, status=f"error: {error_summary(err)}")
     finally:
         del model, opt, batch
         gc.collect()
+
+
+def error_summary(err: BaseException) -> str:
+    """`Type: first line of the message` (200 characters at most) for the results table."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:200]
 
 
 def _summarise(case, cfg, args, device, times: list[float], loss: float) -> Result:
@@ -501,6 +508,15 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
     initialize(tp=1, pp=1, cp=1, seed=1234)
     meta = _meta(args, cfg, device)
+    results = run_cases(cases, cfg, args, device, meta)
+    print(to_markdown(results, meta))
+    return results
+
+
+def run_cases(
+    cases: list[Case], cfg: ModelConfig, args: argparse.Namespace, device: torch.device, meta: dict
+) -> list[Result]:
+    """Every case in order, each isolated by `run_case`; results written after every case."""
     results = []
     for case in cases:
         result = run_case(case, cfg, args, device)
@@ -516,7 +532,6 @@ def main(argv: list[str] | None = None) -> list[Result]:
         )
         results.append(result)
         write_results(args.out, results, meta)  # after every case: a timeout keeps what was measured
-    print(to_markdown(results, meta))
     return results
 
 

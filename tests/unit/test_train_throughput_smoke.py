@@ -41,3 +41,30 @@ def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
     rows = {row["target"]: row for row in data["targets"]}
     ratio = rows["EndPrompt positions / contiguous positions (ep8k_b1 / contig8k_b1 step time)"]["value"]
     assert ratio == pytest.approx(results["ep8k_b1"]["step_ms"] / results["contig8k_b1"]["step_ms"], rel=1e-3)
+
+
+class KernelCompileError(Exception):
+    """Stands in for triton's CompilationError: an Exception that is neither RuntimeError nor ValueError."""
+
+
+def test_any_exception_fails_only_its_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from benchmarks import train_throughput as tt
+
+    real_build = tt.build
+
+    def build(impl, cfg, dtype, device, use_te, case=None):
+        if case is not None and case.name == "broken":
+            raise KernelCompileError("at 3:4: unsupported layout\n(traceback of the kernel)")
+        return real_build(impl, cfg, dtype, device, use_te, case)
+
+    monkeypatch.setattr(tt, "build", build)
+    cfg = get_preset("tiny").replace(max_position_embeddings=64)
+    args = tt.parse_args(["--out", str(tmp_path), "--steps", "1", "--warmup", "0", "--dtype", "fp32"])
+    device = torch.device("cpu")
+    cases = [tt.Case("broken", "reference", 16, 1), tt.Case("after", "reference", 16, 1)]
+    results = tt.run_cases(cases, cfg, args, device, tt._meta(args, cfg, device))
+    assert [r.status for r in results] == ["error: KernelCompileError: at 3:4: unsupported layout", "ok"]
+    written = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["status"] for r in written] == [r.status for r in results]
