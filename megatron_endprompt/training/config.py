@@ -80,12 +80,33 @@ class ParallelSection:
 
 @dataclass
 class PrecisionSection:
-    """Numerics of parameters and compute."""
+    """Numerics of parameters and compute. The `fp8_*` defaults follow NVIDIA's published Llama-3 FP8 setting
+    (Megatron-LM `examples/llama/train_llama3_8b_h100_fp8.sh`: `--fp8-format hybrid --fp8-amax-history-len 1024
+    --fp8-amax-compute-algo max`, delayed scaling; NeMo `recipes/precision/mixed_precision.py` `bf16_with_fp8_mixed`
+    adds margin 0); they only apply with `fp8` set."""
 
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Compute / parameter dtype; master weights and optimizer state stay in fp32 for bf16 and fp16."""
     fp8: Literal["e4m3", "hybrid"] | None = None
-    """FP8 GEMMs via Transformer Engine (`hybrid`: e4m3 forward, e5m2 backward); refused without TE."""
+    """FP8 GEMMs via Transformer Engine (`hybrid`: e4m3 forward, e5m2 backward, as in NVIDIA's Llama-3 FP8
+    recipes); refused without TE. None: no FP8, and the other `fp8_*` fields must keep their defaults."""
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "delayed"
+    """How FP8 scaling factors are found (megatron-core 0.16.1 `fp8_recipe`): `delayed` from an amax history of
+    earlier steps (NVIDIA's Llama-3 8B H100 FP8 example), `tensorwise` per-tensor current scaling (TE >= 2.2;
+    NeMo's `bf16_with_fp8_current_scaling_mixed` keeps 1 first and 1 last layer in BF16 with it), `blockwise`
+    (TE >= 2.3), `mxfp8` (Blackwell GPUs only). megatron's `custom` needs a quantizer factory: not offered."""
+    fp8_amax_history_len: int = 1024
+    """delayed recipe only: steps of amax history behind each scaling factor (megatron's own default is 1)."""
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    """delayed recipe only: the scaling amax is the `max` of the history or the `most_recent` one (megatron's
+    default)."""
+    fp8_margin: int = 0
+    """delayed recipe only: scaling factors are divided by 2**margin (headroom against overflow); >= 0."""
+    fp8_bf16_layers_at_start: int = 0
+    """Transformer layers at the start of the model that stay in BF16 (megatron's `first_last_layers_bf16` with
+    `num_layers_at_start_in_bf16`); not with the delayed recipe (megatron refuses it); at most layers / PP."""
+    fp8_bf16_layers_at_end: int = 0
+    """Transformer layers at the end of the model that stay in BF16 (`num_layers_at_end_in_bf16`); as above."""
     loss_scale: float | None = None
     """fp16 only: a static loss scale; None = dynamic loss scaling."""
     initial_loss_scale: float = 2.0**16

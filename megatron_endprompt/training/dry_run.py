@@ -22,6 +22,39 @@ def missing_data(cfg: TrainConfig) -> list[str]:
     return [p for p in cfg.data.paths if not all(Path(p + s).is_file() for s in DATA_SUFFIXES)]
 
 
+def fp8_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The FP8 settings the run will use: none without fp8, the amax ones only for the delayed recipe (the only
+    one that reads them)."""
+    pr = cfg.precision
+    if pr.fp8 is None:
+        return {}
+    out: dict[str, Any] = {"fp8_recipe": pr.fp8_recipe}
+    if pr.fp8_recipe == "delayed":
+        out.update(
+            fp8_amax_history_len=pr.fp8_amax_history_len,
+            fp8_amax_compute_algo=pr.fp8_amax_compute_algo,
+            fp8_margin=pr.fp8_margin,
+        )
+    out["fp8_bf16_layers"] = [pr.fp8_bf16_layers_at_start, pr.fp8_bf16_layers_at_end]
+    return out
+
+
+def _format_precision(pr: dict[str, Any]) -> str:
+    """'precision bf16 + fp8 hybrid (recipe delayed, amax history 1024 (max), margin 0, ...); recompute none'."""
+    text = f"precision {pr['dtype']}"
+    if pr["fp8"]:
+        details = [f"recipe {pr['fp8_recipe']}"]
+        if "fp8_amax_history_len" in pr:
+            details.append(
+                f"amax history {pr['fp8_amax_history_len']} ({pr['fp8_amax_compute_algo']}),"
+                f" margin {pr['fp8_margin']}"
+            )
+        start, end = pr["fp8_bf16_layers"]
+        details.append(f"bf16 layers: first {start}, last {end}")
+        text += f" + fp8 {pr['fp8']} ({', '.join(details)})"
+    return text + f"; recompute {pr['recompute']}"
+
+
 def report(cfg: TrainConfig) -> dict[str, Any]:
     """Everything the dry run prints, as a dict (cfg must be validated)."""
     model = cfg.model_config()
@@ -68,6 +101,7 @@ def report(cfg: TrainConfig) -> dict[str, Any]:
         "precision": {
             "dtype": cfg.precision.dtype,
             "fp8": cfg.precision.fp8,
+            **fp8_settings(cfg),
             "recompute": cfg.recompute.granularity,
         },
         "missing_data": missing_data(cfg),
@@ -103,9 +137,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"memory per GPU (GiB, estimate): weights {mem['weights']}, grads {mem['grads']},"
         f" optimizer {mem['optimizer']}, activations {mem['activations']}, logits {mem['logits']}"
         f" -> total {mem['total']}",
-        f"precision {r['precision']['dtype']}"
-        + (f" + fp8 {r['precision']['fp8']}" if r["precision"]["fp8"] else "")
-        + f"; recompute {r['precision']['recompute']}",
+        _format_precision(r["precision"]),
     ]
     if f["peak_per_gpu_H100"]:
         seconds = f["per_gpu_per_step"] / (0.4 * f["peak_per_gpu_H100"])

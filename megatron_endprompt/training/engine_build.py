@@ -48,7 +48,7 @@ def config_overrides(cfg: TrainConfig) -> dict:
         overrides["recompute"] = "selective"
     if cfg.precision.fp8:
         # Transformer Engine layers only (validation refuses fp8 without TE); untested on our CPU machines.
-        overrides["fp8"] = cfg.precision.fp8
+        overrides.update(fp8_overrides(cfg))
     if cfg.parallel.virtual_pipeline_parallel and cfg.parallel.pipeline_parallel == 2:
         # With two stages the previous and next stage are the same rank, and the interleaved schedule sends
         # activations and gradients to it at once. Batched p2p posts both on one channel, so they can be
@@ -56,6 +56,23 @@ def config_overrides(cfg: TrainConfig) -> dict:
         # unbatched path sends the two directions over two process groups (p2p_communication._p2p_ops).
         overrides["batch_p2p_comm"] = False
     return overrides
+
+
+def fp8_overrides(cfg: TrainConfig) -> dict:
+    """megatron-core 0.16.1 TransformerConfig FP8 fields from `--precision.fp8*` (cfg.precision.fp8 must be set)."""
+    pr = cfg.precision
+    start, end = pr.fp8_bf16_layers_at_start, pr.fp8_bf16_layers_at_end
+    return {
+        "fp8": pr.fp8,
+        "fp8_recipe": pr.fp8_recipe,
+        "fp8_amax_history_len": pr.fp8_amax_history_len,
+        "fp8_amax_compute_algo": pr.fp8_amax_compute_algo,
+        "fp8_margin": pr.fp8_margin,
+        # megatron reads the two counts only behind this switch (fp8_utils.is_first_last_bf16_layer).
+        "first_last_layers_bf16": start > 0 or end > 0,
+        "num_layers_at_start_in_bf16": start,
+        "num_layers_at_end_in_bf16": end,
+    }
 
 
 def build_chunks(cfg: TrainConfig, model_config: ModelConfig, device: torch.device | None) -> list:

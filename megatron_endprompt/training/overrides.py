@@ -32,7 +32,7 @@ def read_recipe(path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]
         raise ValueError(f"--config: recipe {path} does not exist")
     if str(path.resolve()) in _seen:
         raise ValueError(f"--config: recipe inheritance cycle through {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _parse_yaml_file(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"--config: {path} must contain a mapping of sections, got {type(raw).__name__}")
     bases = raw.pop("base", None) or []
@@ -40,6 +40,32 @@ def read_recipe(path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]
     for base in [bases] if isinstance(bases, str) else bases:
         merged = _deep_merge(merged, read_recipe(path.parent / base, (*_seen, str(path.resolve()))))
     return _deep_merge(merged, raw)
+
+
+def _parse_yaml_file(path: Path) -> Any:
+    """yaml.safe_load of a recipe; a syntax error becomes a ValueError `file:line: problem` (exit 2, no traceback)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.MarkedYAMLError as e:
+        mark, ctx = e.problem_mark or e.context_mark, e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = e.problem or e.context or type(e).__name__
+        if e.problem and e.context:
+            what += f" ({e.context}" + (f" started at line {ctx.line + 1})" if ctx is not None else ")")
+        raise ValueError(f"{where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: YAML syntax error: {e}") from None
+
+
+def _parse_yaml_value(text: str, flag: str) -> Any:
+    """A `[...]` or `{...}` override value; a syntax error names the flag."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ValueError(f"{flag}: cannot parse {text!r} as YAML ({problem})") from None
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +198,9 @@ def convert(value: Any, tp: Any, flag: str) -> Any:
         if isinstance(value, str):
             text = value.strip()
             value = (
-                yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+                _parse_yaml_value(text, flag)
+                if text.startswith("[")
+                else [v for v in text.split(",") if v.strip()]
             )
         if not isinstance(value, list):
             value = [value]
@@ -180,7 +208,7 @@ def convert(value: Any, tp: Any, flag: str) -> Any:
             convert(v.strip() if isinstance(v, str) else v, args[0] if args else Any, flag) for v in value
         ]
     if origin is dict or tp is dict:
-        value = yaml.safe_load(value) if isinstance(value, str) else value
+        value = _parse_yaml_value(value, flag) if isinstance(value, str) else value
         if not isinstance(value, dict):
             raise ValueError(f"{flag}: expected a mapping, got {value!r}")
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import signal
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
         _check_model_split,
         _check_batch,
         _check_precision,
+        _check_fp8,
         _check_schedule,
         _check_io,
     ):
@@ -191,6 +193,71 @@ def _check_precision(cfg, model) -> list[str]:
         errs.append("--precision.fp8 needs the Transformer Engine layer spec; remove --model.use_te false")
     if pr.loss_scale is not None and pr.dtype != "fp16":
         errs.append("--precision.loss_scale only applies to --precision.dtype fp16")
+    return errs
+
+
+FP8_DELAYED_ONLY = ("fp8_amax_history_len", "fp8_amax_compute_algo", "fp8_margin")
+"""Settings only megatron's delayed-scaling recipe reads (TEDelayedScaling); other recipes ignore them."""
+FP8_BF16_LAYERS = ("fp8_bf16_layers_at_start", "fp8_bf16_layers_at_end")
+
+
+def _changed_fp8_fields(precision) -> list[str]:
+    """`fp8_*` fields set away from their defaults (a setting that would have no effect is refused)."""
+    return [
+        f.name
+        for f in dataclasses.fields(precision)
+        if f.name.startswith("fp8_") and getattr(precision, f.name) != f.default
+    ]
+
+
+def _check_fp8(cfg, model) -> list[str]:
+    pr, errs = cfg.precision, []
+    changed = _changed_fp8_fields(pr)
+    if pr.fp8 is None:
+        return [
+            f"--precision.{name} needs --precision.fp8 (e4m3 or hybrid); drop it or enable FP8"
+            for name in changed
+        ]
+    if pr.fp8_amax_history_len < 1:
+        errs.append(f"--precision.fp8_amax_history_len must be >= 1, got {pr.fp8_amax_history_len}")
+    if pr.fp8_margin < 0:
+        errs.append(f"--precision.fp8_margin must be >= 0, got {pr.fp8_margin}")
+    if pr.fp8_recipe != "delayed":
+        errs.extend(
+            f"--precision.{name} only applies to --precision.fp8_recipe delayed (got {pr.fp8_recipe})"
+            for name in FP8_DELAYED_ONLY
+            if name in changed
+        )
+    errs.extend(_check_fp8_bf16_layers(cfg, model))
+    return errs
+
+
+def _check_fp8_bf16_layers(cfg, model) -> list[str]:
+    """The bounds megatron-core 0.16.1 enforces in TransformerConfig.__post_init__, named by our flags, plus one
+    of ours: at least one layer must stay in FP8."""
+    pr, errs = cfg.precision, []
+    counts = {name: getattr(pr, name) for name in FP8_BF16_LAYERS}
+    if not any(counts.values()):
+        return []
+    if pr.fp8_recipe == "delayed":
+        errs.append(
+            "--precision.fp8_bf16_layers_at_start / --precision.fp8_bf16_layers_at_end need "
+            "--precision.fp8_recipe tensorwise, blockwise or mxfp8 (megatron-core keeps no BF16 layers under "
+            "delayed scaling)"
+        )
+    per_stage = model.num_layers // max(cfg.parallel.pipeline_parallel, 1)
+    for name, count in counts.items():
+        if not 0 <= count <= per_stage:
+            errs.append(
+                f"--precision.{name} must be in [0, model.num_layers / --parallel.pipeline_parallel "
+                f"= {per_stage}], got {count}"
+            )
+    if sum(counts.values()) >= model.num_layers:  # ours, not megatron's: FP8 would run on no layer at all
+        errs.append(
+            "--precision.fp8_bf16_layers_at_start + --precision.fp8_bf16_layers_at_end "
+            f"({sum(counts.values())}) must stay below model.num_layers ({model.num_layers}); to train "
+            "without FP8, drop --precision.fp8"
+        )
     return errs
 
 
