@@ -2,9 +2,10 @@
 
 It is the yardstick of `benchmarks/train_throughput.py`: what a careful single-file implementation gets from
 PyTorch alone (SDPA attention with GQA, RMSNorm, SwiGLU, RoPE angles in float32 from explicit position ids,
-bf16 weights, fused AdamW), so that our megatron-core model can be judged against it. Parameter names follow
-Hugging Face's `LlamaForCausalLM`, so an HF state dict loads with `load_state_dict` and
-`tests/unit/test_reference_llama.py` can check the logits against transformers.
+bf16 weights, fused AdamW; `chunked_loss` for 128K-vocabulary losses over 64K tokens), so that our
+megatron-core model can be judged against it. Parameter names follow Hugging Face's `LlamaForCausalLM`, so an
+HF state dict loads with `load_state_dict` and `tests/unit/test_reference_llama.py` can check the logits
+against transformers.
 
 Configured by our `ModelConfig`; RoPE scaling types `none`, `linear` (PI) and `llama3` are supported.
 """
@@ -16,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megatron_endprompt.model.config import ModelConfig
 
@@ -180,14 +182,43 @@ class ReferenceLlama(nn.Module):
         emb = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, S, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final-norm output [b, s, hidden]: everything but the LM head."""
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, position_ids))
+
+    def chunked_loss(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        """Mean next-token cross entropy without the full [tokens, vocab] logits (what a careful PyTorch
+        implementation does at 64K tokens x 128K vocabulary, where logits + CE alone need ~50 GB).
+
+        Each chunk's LM head + float32 CE runs under activation checkpointing: forward keeps no logits, and
+        backward recomputes one chunk's logits at a time.
+        """
+        h = self.hidden_states(input_ids, position_ids).flatten(0, 1)  # (B*S, H)
+        flat = labels.flatten()
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], chunk):
+            total = total + checkpoint(
+                _chunk_ce_sum, h[start : start + chunk], self.lm_head.weight, flat[start : start + chunk],
+                use_reentrant=False,
+            )  # fmt: skip
+        return total / flat.numel()
+
+
+def _chunk_ce_sum(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(h, weight).float(), labels, reduction="sum")
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:

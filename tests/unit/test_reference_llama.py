@@ -107,3 +107,19 @@ def test_reference_model_matches_hf_in_bf16(tmp_path: Path) -> None:
         hf_err = _rel_err(hf_bf16(input_ids=ids, position_ids=pos).logits.float(), truth)
         got = ref(ids, pos).float()
     assert _rel_err(got, truth) < 1.5 * hf_err + 1e-3, (_rel_err(got, truth), hf_err)
+
+
+def test_chunked_loss_equals_full_cross_entropy() -> None:
+    """The 64K cases' chunked CE is the same loss and gradients as CE on the full logits (fp32)."""
+    torch.manual_seed(0)
+    cfg = get_preset("tiny").replace(max_position_embeddings=64)
+    ref = ReferenceLlama(cfg)
+    ids, labels = torch.randint(0, cfg.vocab_size, (2, 2, 24))
+    pos = torch.arange(24).expand(2, -1)
+    full = torch.nn.functional.cross_entropy(ref(ids, pos).flatten(0, 1), labels.flatten())
+    want = torch.autograd.grad(full, list(ref.parameters()))
+    chunked = ref.chunked_loss(ids, pos, labels, chunk=10)  # 48 tokens: chunks of 10, 10, 10, 10, 8
+    got = torch.autograd.grad(chunked, list(ref.parameters()))
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
