@@ -71,7 +71,8 @@ def greedy_recompute(
     device: torch.device | str,
     draft: Sequence[int] = (),
 ) -> list[int]:
-    """Greedy decoding without a KV cache: a full forward per step (fine for small models and short answers).
+    """Greedy decoding through `tail_logits`, whose backend decides a step's cost (the whole sequence without a
+    KV cache; only the tokens not yet cached with one, see eval/kv_cache.py).
 
     `tail_logits(ids, n)` returns float logits [n, vocab] of the last n positions of ids [1, s]. A step feeds
     the tokens so far plus the rest of `draft` (a guess at the continuation) and reads the greedy token after
@@ -154,10 +155,19 @@ class HFBackend:
 
 
 class MegatronBackend:
-    """One of our Megatron checkpoints, loaded with `megatron_endprompt.load_model` (single process)."""
+    """One of our Megatron checkpoints, loaded with `megatron_endprompt.load_model` (single process).
+
+    kv_cache=True (default): hidden states come through a KV cache (`kv_cache.PrefixCachedForward`): the prompt is
+    prefilled once, then every step feeds its new tokens only. kv_cache=False recomputes the whole sequence at
+    every step (the reference the cache is tested against; same generations and answer NLLs).
+    """
 
     def __init__(
-        self, model: torch.nn.Module, name: str = "megatron", device: str | torch.device | None = None
+        self,
+        model: torch.nn.Module,
+        name: str = "megatron",
+        device: str | torch.device | None = None,
+        kv_cache: bool = True,
     ):
         self.model = model.eval()
         self.name = name
@@ -166,12 +176,24 @@ class MegatronBackend:
         self.vocab_size = int(model.config.vocab_size)
         self._last: tuple[torch.Tensor, torch.Tensor, dict] | None = None
         """(ids, final hidden states, output-layer kwargs) of the latest forward (see `_hidden`)."""
+        self._cached = None
+        if kv_cache and self._gpt() is not None:
+            from megatron_endprompt.eval.kv_cache import PrefixCachedForward
+
+            self._cached = PrefixCachedForward(self._gpt(), self.device, self.max_positions)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        kv_cache: bool = True,
+    ):
         from megatron_endprompt import load_model
 
-        return cls(load_model(str(path), device=device, dtype=dtype), name=f"megatron:{Path(path).name}")
+        model = load_model(str(path), device=device, dtype=dtype)
+        return cls(model, name=f"megatron:{Path(path).name}", kv_cache=kv_cache)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -183,18 +205,22 @@ class MegatronBackend:
         inner = getattr(self.model, "model", None)
         return inner if hasattr(inner, "output_layer") else None
 
-    def _hidden(self, gpt: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Final hidden states [s, 1, h] of ids [1, s] (no [s, vocab] logits) and the output layer's kwargs.
+    def _hidden(self, gpt: torch.nn.Module, ids: torch.Tensor, rows: int) -> tuple[torch.Tensor, dict]:
+        """Final hidden states [rows, 1, h] of the last `rows` positions of ids [1, s] (no [s, vocab] logits)
+        and the output layer's kwargs.
 
-        The latest sequence's are kept: evaluation scores the reference answer (`token_nll` of prompt +
-        answer) and then generates with that answer as the draft, whose first step is the same sequence, so
-        the second forward is free. An evaluation backend: the weights are assumed not to change.
+        Without the KV cache the latest sequence's are kept: evaluation scores the reference answer
+        (`token_nll` of prompt + answer) and then generates with that answer as the draft, whose first step is
+        the same sequence, so the second forward is free (the cache keeps them too). An evaluation backend:
+        the weights are assumed not to change.
         """
         from megatron_endprompt.eval.megatron_hooks import final_hidden
 
+        if self._cached is not None:
+            return self._cached.hidden(ids[0].tolist(), rows)
         if self._last is None or not torch.equal(self._last[0], ids):
             self._last = (ids, *final_hidden(gpt, ids, _positions(ids)))
-        return self._last[1], self._last[2]
+        return self._last[1][-rows:], self._last[2]
 
     @torch.no_grad()
     def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
@@ -204,7 +230,7 @@ class MegatronBackend:
         gpt = self._gpt()
         if gpt is None:
             return nll_from_logits(self.logits(ids)[0, :-1], ids[0, 1:]).cpu()
-        hidden, kwargs = self._hidden(gpt, ids)
+        hidden, kwargs = self._hidden(gpt, ids, ids.shape[1])
         return chunked_nll(gpt, hidden[:-1], kwargs, ids[0, 1:], self.vocab_size).cpu()
 
     def _tail_logits(self, ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -214,8 +240,8 @@ class MegatronBackend:
         gpt = self._gpt()
         if gpt is None:
             return self.logits(ids)[0, -n:]
-        hidden, kwargs = self._hidden(gpt, ids)
-        return local_logits(gpt, hidden[-n:], kwargs, self.vocab_size)[:, 0, : self.vocab_size]
+        hidden, kwargs = self._hidden(gpt, ids, n)
+        return local_logits(gpt, hidden, kwargs, self.vocab_size)[:, 0, : self.vocab_size]
 
     @torch.no_grad()
     def generate(

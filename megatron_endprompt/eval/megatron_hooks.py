@@ -15,22 +15,24 @@ NLL_CHUNK = 2048
 
 
 def final_hidden(
-    gpt: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor
+    gpt: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, **forward_kwargs
 ) -> tuple[torch.Tensor, dict]:
     """Forward `gpt` (an EndPromptGPTModel) and return the output layer's input [s, b, h] and its kwargs.
 
     A forward pre-hook hands the output layer a single row instead of all of them (its tiny result is
-    discarded), so the forward itself never builds full logits.
+    discarded), so the forward itself never builds full logits. `forward_kwargs` go to the model (a KV cache's
+    `inference_context`, `attention_mask`, and the `runtime_gather_output=True` megatron then insists on); the
+    kwargs returned ask for this rank's vocabulary shard, as `local_logits` expects.
     """
     store: dict = {}
 
     def hook(_module, args, kwargs):
-        store["hidden"], store["kwargs"] = args[0], kwargs
+        store["hidden"], store["kwargs"] = args[0], {**kwargs, "runtime_gather_output": None}
         return (args[0][:1], *args[1:]), kwargs
 
     handle = gpt.output_layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        gpt(tokens, positions)
+        gpt(tokens, positions, **forward_kwargs)
     finally:
         handle.remove()
     return store["hidden"], store["kwargs"]

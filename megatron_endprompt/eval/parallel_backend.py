@@ -5,8 +5,10 @@ Every rank runs the same evaluation loop on the same prompt (tasks are determini
 - CP: the prompt is padded to a multiple of 2*CP and split into megatron's load-balanced chunks; attention
   all-gathers K/V (model/attention.py), so a 64K prompt costs each rank 1/CP of the activations.
 Logits are computed from the captured final hidden states (megatron_hooks.py): chunked vocab-parallel cross
-entropy for perplexity, a few rows for generation; full [s, vocab] logits never exist. Generation recomputes the
-prompt at every step (no KV cache); a draft (the reference answer) lets one step accept several tokens.
+entropy for perplexity, a few rows for generation; full [s, vocab] logits never exist. At CP = 1 generation runs
+through a KV cache (eval/kv_cache.py: prefill once, then the new tokens only; each TP rank caches its own heads);
+at CP > 1 it recomputes the prompt at every step. Either way a draft (the reference answer) lets one step accept
+several tokens.
 Pipeline parallelism is not supported here: checkpoints are layout-free, so load them with PP=1.
 """
 
@@ -30,9 +32,17 @@ class ParallelMegatronBackend:
     """Our checkpoint at TP x CP ranks (world size must equal TP * CP; PP = 1)."""
 
     def __init__(
-        self, model: torch.nn.Module, vocab_size: int, max_positions: int, name: str, device: torch.device
+        self,
+        model: torch.nn.Module,
+        vocab_size: int,
+        max_positions: int,
+        name: str,
+        device: torch.device,
+        kv_cache: bool = True,
     ):
         from megatron.core import parallel_state as ps
+
+        from megatron_endprompt.eval.kv_cache import PrefixCachedForward
 
         self.model = model.eval()
         self.vocab_size = vocab_size
@@ -43,10 +53,20 @@ class ParallelMegatronBackend:
         self.cp, self.cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
         self._last: tuple | None = None
         """(token ids, hidden, kwargs, padded length) of the latest forward (see `_local_hidden`)."""
+        self._cached = (
+            PrefixCachedForward(model, device, max_positions) if kv_cache and self.cp == 1 else None
+        )
+        """The KV-cached path (CP = 1 only: the CP attention gathers whole-sequence K/V)."""
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, tp: int, cp: int, device: str | None = None, dtype: torch.dtype = torch.float32
+        cls,
+        path: str | Path,
+        tp: int,
+        cp: int,
+        device: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        kv_cache: bool = True,
     ) -> ParallelMegatronBackend:
         from megatron_endprompt.convert import megatron_io
         from megatron_endprompt.model.gpt import build_model, padded_vocab_size
@@ -72,9 +92,8 @@ class ParallelMegatronBackend:
         model.load_state_dict({k[len(prefix) :]: v for k, v in loaded.items()}, strict=True)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model.to(device=dev, dtype=dtype).requires_grad_(False)
-        return cls(
-            model, cfg.vocab_size, cfg.max_position_embeddings, f"megatron-tp{tp}-cp{cp}:{ckpt.name}", dev
-        )
+        name = f"megatron-tp{tp}-cp{cp}:{ckpt.name}"
+        return cls(model, cfg.vocab_size, cfg.max_position_embeddings, name, dev, kv_cache=kv_cache)
 
     def _local_inputs(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This CP rank's chunks of the (padded) tokens and positions, and the padded length."""
@@ -124,6 +143,9 @@ class ParallelMegatronBackend:
     def _tail_logits(self, ids: torch.Tensor, n: int) -> torch.Tensor:
         """float32 logits [n, vocab] of the last n positions of ids [1, s], on every rank."""
         seq = ids[0].tolist()
+        if self._cached is not None:
+            hidden, kwargs = self._cached.hidden(seq, n)
+            return self._gather_vocab(local_logits(self.model, hidden, kwargs, self.vocab_size)[:, 0])
         hidden, kwargs, s_pad = self._local_hidden(seq)
         rows = []
         for index in range(len(seq) - n, len(seq)):
@@ -147,6 +169,10 @@ class ParallelMegatronBackend:
     @torch.no_grad()
     def token_nll(self, input_ids: Sequence[int]) -> torch.Tensor:
         ids = list(input_ids)
+        if self._cached is not None:
+            hidden, kwargs = self._cached.hidden(ids, len(ids))
+            targets = torch.tensor(ids[1:], dtype=torch.long, device=self.device)
+            return chunked_nll(self.model, hidden[:-1], kwargs, targets, self.vocab_size).cpu()
         hidden, kwargs, s_pad = self._local_hidden(ids)
         targets = torch.tensor([ids[1:] + [ids[-1]] * (s_pad - len(ids) + 1)], device=self.device)
         local_targets = slice_batch_for_cp({"t": targets})["t"][0]

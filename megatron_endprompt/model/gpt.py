@@ -170,6 +170,21 @@ def to_transformer_config(
     )
 
 
+def _rope_positions(position_ids: torch.Tensor, inference_context) -> torch.Tensor:
+    """Positions to build RoPE angles for: the input's, or with a KV cache those of every cached slot (megatron
+    indexes its rotary rows by cache slot, see model/kv_cache.py)."""
+    if inference_context is None:
+        return position_ids
+    from megatron_endprompt.model.kv_cache import KVCacheContext
+
+    if not isinstance(inference_context, KVCacheContext):
+        raise NotImplementedError(
+            "EndPromptGPTModel decodes with a KV cache through model.kv_cache.KVCacheContext only (it keeps "
+            f"the per-token RoPE position of every cache slot); got {type(inference_context).__name__}"
+        )
+    return inference_context.rope_positions(position_ids)
+
+
 class EndPromptGPTModel(GPTModel):
     """GPTModel whose RoPE angles come from per-sample `position_ids` [b, s] (required on every PP stage).
 
@@ -222,7 +237,9 @@ class EndPromptGPTModel(GPTModel):
             padding_mask=padding_mask,
         )
         freqs = rope_freqs(
-            position_ids, self.inv_freq(position_ids.device), self.config_ep.max_position_embeddings
+            _rope_positions(position_ids, inference_context),
+            self.inv_freq(position_ids.device),
+            self.config_ep.max_position_embeddings,
         )
         return (out[0], freqs, *out[2:])
 

@@ -68,7 +68,8 @@ def main(out: Path) -> dict:
     gen = torch.Generator().manual_seed(1)
     # 37: CP padding; 10: with a 5-token draft the tail rows straddle the two CP ranks' chunks
     prompts = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (37, 64, 10)]
-    ref = measure(MegatronBackend.from_checkpoint(ckpt), prompts)
+    # the reference recomputes every step (no KV cache); TP=2 decodes through its KV cache, CP=2 recomputes
+    ref = measure(MegatronBackend.from_checkpoint(ckpt, kv_cache=False), prompts)
     res = {
         "generated_something": any(ref["gen"]) and any(ref["eval"]),
         "gen_lengths": [len(g) for g in ref["gen"]],
@@ -91,6 +92,18 @@ def main(out: Path) -> dict:
             backend.generate(p, 6, stop_ids=[2], draft=g) for p, g in zip(prompts, ref["gen"], strict=True)
         ]
         res[f"{name}_draft_gen_equal"] = drafted == ref["gen"]
+        res[f"{name}_kv_cache"] = backend._cached is not None
+    # the same TP=2 model without its cache: bit-identical answer NLLs and the same generations
+    tp2_recompute = ParallelMegatronBackend.from_checkpoint(ckpt, tp=2, cp=1, kv_cache=False)
+    recomputed, cached = (
+        measure(tp2_recompute, prompts),
+        measure(ParallelMegatronBackend.from_checkpoint(ckpt, tp=2, cp=1), prompts),
+    )
+    res["tp2_cache_equals_recompute"] = (
+        recomputed["gen"] == cached["gen"]
+        and recomputed["eval_nll"] == cached["eval_nll"]
+        and all(torch.equal(a, b) for a, b in zip(recomputed["nll"], cached["nll"], strict=True))
+    )
     return res
 
 

@@ -28,3 +28,9 @@ def test_parallel_backend_matches_single_process(results, layout):
         assert res[f"{layout}_eval_equal"]
         assert res[f"{layout}_draft_gen_equal"]  # a draft (the right answer) changes no token
         assert res[f"{layout}_eval_nll_equal"]  # with --answer-nll: same generations, same answer NLL
+        assert res[f"{layout}_kv_cache"] == (layout == "tp2_cp1")  # the cache at CP = 1; CP = 2 recomputes
+
+
+def test_tp2_kv_cache_gives_the_recompute_generations_and_nlls(results):
+    for res in results:
+        assert res["tp2_cache_equals_recompute"]

@@ -1,5 +1,5 @@
-"""benchmarks/eval_decoding.py keeps working: on a tiny random checkpoint its three modes give the same outputs
-(the script checks), and the forward counts are what the shortcuts promise."""
+"""benchmarks/eval_decoding.py keeps working: on a tiny random checkpoint its Megatron modes give the same outputs
+(the script checks), the forward counts are what the shortcuts promise, and the hf row is the same model."""
 
 import json
 import os
@@ -33,6 +33,7 @@ def test_eval_decoding_benchmark_modes_agree_and_count_forwards(tmp_path: Path) 
     write_random_hf_llama(tmp_path / "hf", get_preset("tiny").replace(max_position_embeddings=512))
     hf_to_megatron(tmp_path / "hf", tmp_path / "meg")
     args = ["--checkpoint", str(tmp_path / "meg"), "--tokenizer", str(sp), "--length", "160"]
+    args += ["--hf-checkpoint", str(tmp_path / "hf")]
     args += ["--depths", "0", "1", "--samples", "2", "--task-option", "passkey.key_max=999"]
     args += ["--task-option", "niah_single_1.number_digits=3"]  # answers fit the draft (max_new_tokens 5)
     proc = run_benchmark(tmp_path, *args)
@@ -43,7 +44,12 @@ def test_eval_decoding_benchmark_modes_agree_and_count_forwards(tmp_path: Path) 
     # A random model is wrong, so the draft saves little; keeping the forward saves exactly one per prompt.
     assert modes["plain"]["forwards"] >= modes["draft"]["forwards"]
     assert modes["draft"]["forwards"] - modes["draft+kept"]["forwards"] == prompts
-    assert modes["plain"]["results"] == modes["draft+kept"]["results"]
-    assert "| draft+kept |" in (tmp_path / "out" / "eval_decoding.md").read_text()
+    # the KV cache changes what a forward costs, not how many there are
+    assert modes["kv cache"]["forwards"] == modes["draft+kept"]["forwards"]
+    assert modes["plain"]["results"] == modes["draft+kept"]["results"] == modes["kv cache"]["results"]
+    assert modes["hf"]["forwards"] is None and data["hf_agreement"]["prompts"] == prompts
+    assert data["hf_agreement"]["nll_max_diff"] < 1e-3
+    report = (tmp_path / "out" / "eval_decoding.md").read_text()
+    assert "| draft+kept |" in report and "| kv cache |" in report and "| hf |" in report
     bad = run_benchmark(tmp_path, *args[:4], "--task-option", "passkey=3")
     assert bad.returncode != 0 and "--task-option" in bad.stderr
