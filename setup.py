@@ -33,6 +33,7 @@ setup(
             "pyarrow",
             "tokenizers",
             "matplotlib",
+            "triton>=3.0",  # runs the Triton RoPE kernel on CPU under its interpreter (TRITON_INTERPRET=1)
         ],
     },
 )
