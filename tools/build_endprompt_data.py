@@ -21,6 +21,9 @@ if __package__ in (None, ""):  # run as a script from a checkout without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_endprompt.data.packing import PACKING_MODES  # noqa: E402
+from megatron_endprompt.data.tokenizers import DEFAULT_MAX_CHARS_PER_ENCODE  # noqa: E402
+
+EXIT_USER_ERROR = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--strict", action="store_true", help="stop at the first bad document (file:line: reason)"
     )
     sc.add_argument("--batch-docs", type=int, default=256, help="documents per worker task")
+    sc.add_argument(
+        "--max-chars-per-encode",
+        type=int,
+        default=DEFAULT_MAX_CHARS_PER_ENCODE,
+        help="tokenize longer documents in pieces cut at whitespace past this many characters (bounds memory; "
+        "0 = whole documents; see docs/data_format.md)",
+    )
     rp = p.add_argument_group("coverage report")
     rp.add_argument(
         "--report", action="store_true", help="print the relative-distance coverage and write a PNG"
@@ -106,6 +116,7 @@ def _config(args: argparse.Namespace):
         workers=args.workers,
         strict=args.strict,
         batch_docs=args.batch_docs,
+        max_chars_per_encode=args.max_chars_per_encode,
         progress=not args.no_progress,
     )
 
@@ -139,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             png = report.save_png(f"{args.output_prefix}.coverage.png")
             print(f"wrote {png}")
             print(json.dumps(report.summary(), sort_keys=True))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except OSError as exc:  # a file that cannot be read or written: its path and the reason, no traceback
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (ValueError, RuntimeError) as exc:  # bad flags or input, --strict stops, 0 samples
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     return 0
 
 

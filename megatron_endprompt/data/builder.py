@@ -8,6 +8,7 @@ not on --workers.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -28,7 +29,7 @@ from megatron_endprompt.data.dataset import META_FORMAT, META_VERSION
 from megatron_endprompt.data.indexed import token_dtype, write_index
 from megatron_endprompt.data.packing import PACKING_MODES, Packer
 from megatron_endprompt.data.sidecar import SIDECAR_VERSION, SidecarWriter
-from megatron_endprompt.data.tokenizers import load_tokenizer
+from megatron_endprompt.data.tokenizers import DEFAULT_MAX_CHARS_PER_ENCODE, encode_in_pieces, load_tokenizer
 from megatron_endprompt.positions import SchemeConfig
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class BuildConfig:
     """Stop at the first bad document with file:line and the reason (--strict)."""
     batch_docs: int = 256
     """Documents per worker task (--batch-docs)."""
+    max_chars_per_encode: int = DEFAULT_MAX_CHARS_PER_ENCODE
+    """A longer document is tokenized in pieces cut at whitespace past this many characters, so memory stays
+    bounded (--max-chars-per-encode; 0 = whole documents). See `tokenizers.whitespace_pieces` for the rule."""
     progress: bool = False
     """Show a tqdm progress bar."""
 
@@ -84,6 +88,8 @@ class BuildConfig:
             raise ValueError(f"--packing must be one of {', '.join(PACKING_MODES)}, got {self.packing!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.max_chars_per_encode < 0:
+            raise ValueError(f"--max-chars-per-encode must be >= 0, got {self.max_chars_per_encode}")
         if not self.json_keys:
             raise ValueError("--json-keys needs at least one key")
         if self.scheme.uses_cue and not self.cues:
@@ -100,6 +106,10 @@ class BuildConfig:
 
 class BuildError(RuntimeError):
     """A --strict stop (message: file:line: reason)."""
+
+
+class NoSamplesError(BuildError):
+    """The inputs gave no sample; the message has the per-reason counts (nothing is written)."""
 
 
 def resolve_cues(cues: Sequence[str], tokenizer) -> list[np.ndarray]:
@@ -127,14 +137,16 @@ def resolve_cues(cues: Sequence[str], tokenizer) -> list[np.ndarray]:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_type: str, tokenizer_model: str, keys: list[str], append_eod: bool) -> None:
+def _init_worker(*args) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
-    _setup_tokenizer(tokenizer_type, tokenizer_model, keys, append_eod)
+    _setup_tokenizer(*args)
 
 
-def _setup_tokenizer(tokenizer_type: str, tokenizer_model: str, keys: list[str], append_eod: bool) -> None:
+def _setup_tokenizer(
+    tokenizer_type: str, tokenizer_model: str, keys: list[str], append_eod: bool, max_chars: int
+) -> None:
     tok = load_tokenizer(tokenizer_type, tokenizer_model)
-    _WORKER.update(tok=tok, keys=keys, eod=tok.eod if append_eod else None)
+    _WORKER.update(tok=tok, keys=keys, eod=tok.eod if append_eod else None, max_chars=max_chars)
 
 
 def _tokenize_batch(batch: list[corpus.RawDoc]) -> list[tuple[str | None, np.ndarray | None, int]]:
@@ -146,10 +158,10 @@ def _tokenize_batch(batch: list[corpus.RawDoc]) -> list[tuple[str | None, np.nda
         if reason is not None:
             out.append((reason, None, 0))
             continue
-        ids = tok.encode(text)
+        ids = encode_in_pieces(tok, text, _WORKER["max_chars"])
         if eod is not None:
-            ids.append(eod)
-        out.append((None, np.asarray(ids, dtype=np.int32), len(text)))
+            ids = np.append(ids, np.int32(eod))
+        out.append((None, ids, len(text)))
     return out
 
 
@@ -166,7 +178,9 @@ def _batches(docs: Iterator[corpus.RawDoc], size: int) -> Iterator[list[corpus.R
 
 def tokenized_documents(cfg: BuildConfig, files: list[str]) -> Iterator[tuple[corpus.RawDoc, tuple]]:
     """(raw doc, (reason, tokens, n_chars)) in input order; at most 4 x workers batches in flight."""
-    init_args = (cfg.tokenizer_type, cfg.tokenizer_model, list(cfg.json_keys), cfg.append_eod)
+    init_args = (
+        cfg.tokenizer_type, cfg.tokenizer_model, list(cfg.json_keys), cfg.append_eod, cfg.max_chars_per_encode
+    )  # fmt: skip
     batches = _batches(corpus.iter_documents(files, cfg.json_keys), cfg.batch_docs)
     if cfg.workers == 1:
         _setup_tokenizer(*init_args)
@@ -242,32 +256,84 @@ def _meta(cfg: BuildConfig, files, tok, cue_ids, dtype, counts, seconds) -> dict
 
 
 def build(cfg: BuildConfig) -> dict:
-    """Run a build; returns the meta.json content. Raises BuildError under --strict, ValueError on bad flags."""
+    """Run a build; returns the meta.json content.
+
+    Raises ValueError on bad flags, BuildError under --strict, NoSamplesError when no sample could be made, and
+    OSError (with the file name) when a file cannot be read or written; in every case nothing is left behind.
+    """
     cfg.validate()
     files = corpus.expand_inputs(cfg.input)
     tok = load_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model)
     cue_ids = resolve_cues(cfg.cues, tok)
     cfg.scheme.validate(max_cue_length=max(len(c) for c in cue_ids) if cue_ids else None)
     dtype = token_dtype(tok.vocab_size)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.output_prefix)), exist_ok=True)
+    out_dir = os.path.dirname(os.path.abspath(cfg.output_prefix))
+    created = _make_dirs(out_dir)
     _clean_stale(cfg.output_prefix)
     tmp = _tmp_paths(cfg.output_prefix)
     start = time.perf_counter()
     try:
-        counts = _write_samples(cfg, files, cue_ids, dtype, tmp)
-        write_index(tmp[".idx"], dtype, counts["samples"], cfg.scheme.seq_length)
-        meta = _meta(cfg, files, tok, cue_ids, dtype, counts, time.perf_counter() - start)
-        with open(tmp[".meta.json"], "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-        _commit(tmp, cfg.output_prefix)
+        with _naming_output_errors(cfg.output_prefix):
+            counts = _write_samples(cfg, files, cue_ids, dtype, tmp)
+            if counts["samples"] == 0:
+                raise NoSamplesError(_no_samples_message(cfg, counts))
+            write_index(tmp[".idx"], dtype, counts["samples"], cfg.scheme.seq_length)
+            meta = _meta(cfg, files, tok, cue_ids, dtype, counts, time.perf_counter() - start)
+            with open(tmp[".meta.json"], "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+                f.write("\n")
+            _commit(tmp, cfg.output_prefix)
     except BaseException:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
         raise
     logger.info("built %s: %s", cfg.output_prefix, meta["counts"])
     return meta
+
+
+def _make_dirs(directory: str) -> list[str]:
+    """Create `directory` and missing parents; returns those created (removed again if the build fails)."""
+    missing = []
+    while directory and not os.path.exists(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(missing):
+        os.mkdir(path)
+    return list(reversed(missing))
+
+
+@contextlib.contextmanager
+def _naming_output_errors(prefix: str) -> Iterator[None]:
+    """A failed write (a full disk, a file-size limit) raises OSError without a file name; name the output."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), f"{prefix}.* (--output-prefix)") from None
+
+
+def _no_samples_message(cfg: BuildConfig, counts: dict) -> str:
+    skipped = ", ".join(f"{r}={n}" for r, n in counts["skipped"].items() if n) or "none"
+    hints = []
+    if counts["documents_read"] == 0:
+        hints.append("--input holds no documents")
+    if counts["skipped"].get("missing_key"):
+        hints.append(f"documents lack --json-keys {' '.join(cfg.json_keys)}")
+    if counts["skipped"].get("too_short"):
+        hints.append("--packing document skips documents shorter than one sample")
+    if counts["tokens_dropped_tail"]:
+        hints.append(f"the {counts['tokens_dropped_tail']} tokens left are fewer than one sample")
+    return (
+        f"0 samples: documents read {counts['documents_read']}, used {counts['documents_used']}, "
+        f"skipped: {skipped}; tokens read {counts['tokens_read']}, --seq-length {cfg.scheme.seq_length}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f". Nothing written to {cfg.output_prefix}"
+    )
 
 
 def _write_samples(cfg: BuildConfig, files, cue_ids, dtype, tmp) -> dict:

@@ -11,6 +11,7 @@ import glob
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,16 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 
 
 def _iter_lines(path: str, opener) -> Iterator[RawDoc]:
-    with opener(path, "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            yield RawDoc(path, lineno, "json", line.rstrip(b"\r\n"))
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, line in enumerate(f, start=1):
+                yield RawDoc(path, lineno, "json", line.rstrip(b"\r\n"))
+    except (OSError, EOFError, zlib.error) as e:
+        # A corrupt or truncated .gz raises without a file name; every read error names the file and line.
+        if isinstance(e, OSError) and e.filename is not None:
+            raise
+        raise OSError(getattr(e, "errno", None), f"read error after line {lineno}: {e}", path) from None
 
 
 def _iter_parquet(path: str, keys: Sequence[str]) -> Iterator[RawDoc]:

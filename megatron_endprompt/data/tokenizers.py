@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 TOKENIZER_TYPES: tuple[str, ...] = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 # End-of-document candidates when a tokenizer.json carries no config saying which token is EOS (first match wins).
@@ -31,6 +34,48 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def token_to_id(self, token: str) -> int | None: ...
+
+
+# Longest text handed to one `encode` call. Tokenizing a whole 50 MB document at once held 6.7 GB (the HF
+# tokenizer's per-token offsets and strings); pieces of at most about this many characters keep it bounded.
+DEFAULT_MAX_CHARS_PER_ENCODE = 1_000_000
+_WHITESPACE_RUN_START = re.compile(r"(?<=\S)\s")
+
+
+def whitespace_pieces(text: str, max_chars: int) -> Iterator[str]:
+    """Cut `text` into pieces that concatenate back to it; a text of at most `max_chars` characters is one piece.
+
+    Each cut is at the first whitespace run that starts at or after `max_chars` characters into the current
+    piece (a non-whitespace character followed by whitespace: the cut goes between them, so the whitespace
+    opens the next piece, as byte-level BPE and SentencePiece attach it to the following word). A piece with no
+    such run within its next `max_chars` characters is cut hard at `max_chars`.
+    """
+    start = 0
+    while len(text) - start > max_chars:
+        bound = start + max_chars
+        found = _WHITESPACE_RUN_START.search(text, bound, bound + max_chars)
+        cut = found.start() if found else bound
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def encode_in_pieces(
+    tokenizer: Tokenizer, text: str, max_chars: int = DEFAULT_MAX_CHARS_PER_ENCODE
+) -> np.ndarray:
+    """`tokenizer.encode(text)` as int32, one `whitespace_pieces` piece at a time (`max_chars` <= 0: whole text).
+
+    Exactly `encode(text)` when the text has at most `max_chars` characters; otherwise the concatenation of the
+    pieces' encodings, which equals `encode(text)` for tokenizers whose pre-tokenizer starts a new word at
+    whitespace and adds nothing per call (byte-level BPE as in GPT-2/Llama-3, SentencePiece with its default
+    whitespace normalisation), and may differ at a cut for others (see docs/data_format.md).
+    """
+    if max_chars <= 0 or len(text) <= max_chars:
+        return np.asarray(tokenizer.encode(text), dtype=np.int32)
+    parts = [
+        np.asarray(tokenizer.encode(piece), dtype=np.int32) for piece in whitespace_pieces(text, max_chars)
+    ]
+    return np.concatenate(parts)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

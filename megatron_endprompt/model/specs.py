@@ -1,41 +1,31 @@
-"""Transformer-layer specs: Transformer Engine when available on CUDA, else megatron's local modules with
-our SDPA core attention (which also provides context parallelism) and our RMSNorm (which supports sequence
-parallelism). RoPE stays unfused in both: the fused kernels take neither per-sample positions nor YaRN's
-attention scaling."""
+"""Transformer-layer specs: Transformer Engine when it is usable (importable and a CUDA device present, decided
+in `te_choice`), else megatron's local modules with our SDPA core attention (which also provides context
+parallelism) and our RMSNorm (which supports sequence parallelism). RoPE stays unfused in both: the fused
+kernels take neither per-sample positions nor YaRN's attention scaling."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
 
-import torch
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_endprompt.model.attention import SDPAttention
 from megatron_endprompt.model.norm import RMSNorm
+from megatron_endprompt.model.te_choice import resolve_use_te
 
 logger = logging.getLogger(__name__)
-
-
-def te_available() -> bool:
-    """True when Transformer Engine is importable and CUDA is present."""
-    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 
 def layer_spec(use_te: bool | None = None, cp: bool = False) -> ModuleSpec:
     """GPT layer spec for a LLaMA block (RMSNorm, SwiGLU, GQA).
 
-    use_te: None picks Transformer Engine when available; True requires it. cp: context parallelism is
-    wanted (our SDPA attention handles it on the local path; TE's attention handles it natively).
+    use_te: None picks Transformer Engine when usable (`te_choice.resolve_use_te`); True requires it. cp:
+    context parallelism is wanted (our SDPA attention handles it on the local path; TE's attention natively).
     """
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if use_te is None:
-        use_te = te_available()
-    if use_te:
-        if not te_available():
-            raise ValueError("use_te=True but transformer_engine is not importable on a CUDA machine")
+    if resolve_use_te(use_te):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
@@ -53,7 +43,7 @@ def block_spec(config, vp_stage: int | None = None, use_te: bool | None = None, 
         get_num_layers_to_build,
     )
 
-    use_te = te_available() if use_te is None else use_te
+    use_te = resolve_use_te(use_te)
     layer = layer_spec(use_te=use_te, cp=cp)
     if use_te:
         return layer

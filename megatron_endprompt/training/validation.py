@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import signal
 from typing import TYPE_CHECKING
+
+from megatron_endprompt.model.te_choice import te_unusable_reason
 
 if TYPE_CHECKING:
     from megatron_endprompt.training.config import TrainConfig
@@ -15,16 +16,11 @@ class ConfigError(ValueError):
     """A TrainConfig that cannot run; the message names the flag(s) to change."""
 
 
-def te_available() -> bool:
-    """Whether Transformer Engine is importable (without importing it)."""
-    return importlib.util.find_spec("transformer_engine") is not None
-
-
 def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
     """Raise ConfigError listing every problem found (one per line), each naming its flag.
 
-    check_environment=False skips what depends on this machine (Transformer Engine installed): a dry run on a
-    laptop reports those as warnings (`environment_problems`) instead.
+    check_environment=False skips what depends on this machine (Transformer Engine usable: installed and a CUDA
+    device present): a dry run on a laptop reports those as warnings (`environment_problems`) instead.
     """
     errors: list[str] = []
     try:
@@ -49,17 +45,20 @@ def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
 
 
 def environment_problems(cfg: TrainConfig) -> list[str]:
-    """Settings this machine cannot run (missing Transformer Engine), each naming its flag."""
+    """Settings this machine cannot run (Transformer Engine missing or without a CUDA device), each naming its
+    flag. torch is imported only when a setting needs Transformer Engine."""
     errs = []
-    if cfg.precision.fp8 is not None and not te_available():
+    needs_te = cfg.precision.fp8 is not None or cfg.model.use_te is True
+    reason = te_unusable_reason() if needs_te else None
+    if reason is None:
+        return errs
+    if cfg.precision.fp8 is not None:
         errs.append(
-            f"--precision.fp8 {cfg.precision.fp8} needs Transformer Engine, which is not installed "
-            "(pip install transformer-engine[pytorch]); drop the flag to train in bf16"
+            f"--precision.fp8 {cfg.precision.fp8} needs Transformer Engine on a CUDA device: {reason}; "
+            "drop the flag to train in bf16"
         )
-    if cfg.model.use_te is True and not te_available():
-        errs.append(
-            "--model.use_te true but Transformer Engine is not installed; use --model.use_te none (auto) or false"
-        )
+    if cfg.model.use_te is True:
+        errs.append(f"--model.use_te true: {reason}; use --model.use_te null (auto) or false")
     return errs
 
 

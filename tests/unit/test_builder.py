@@ -231,7 +231,7 @@ def test_bad_input_counts_and_strict(tmp_path, sp_model):
         "--packing",
         "document",
     )
-    assert cli.returncode == 1 and "bad.jsonl:2: malformed_json" in cli.stderr
+    assert cli.returncode == 2 and "bad.jsonl:2: malformed_json" in cli.stderr
 
 
 def _run_cli(*args, env=None):
@@ -294,7 +294,7 @@ def test_unknown_sidecar_version_rejected(tmp_path, corpus_jsonl, sp_model):
     with pytest.raises(ValueError, match="unsupported sidecar version 99"):
         coverage_report(str(tmp_path / "v"))
     cli = _run_cli("--output-prefix", str(tmp_path / "v"), "--report")
-    assert cli.returncode == 1 and "sidecar version 99" in cli.stderr
+    assert cli.returncode == 2 and "sidecar version 99" in cli.stderr
 
 
 def test_flag_errors_before_work(tmp_path, corpus_jsonl, sp_model):
