@@ -1,16 +1,23 @@
 """Training throughput: our megatron-core model vs a plain-PyTorch reference, EndPrompt vs full length.
 
 One optimizer step = forward + backward + fused AdamW over one batch, in bf16, on one GPU. Each case reports
-step time, tokens/s, peak memory and MFU. Cases (default set, Llama-3-8B layer shapes, `--layers` of them):
+step time, tokens/s, peak memory and MFU. Cases (default set, Llama-3-8B layer shapes, `--layers` of them,
+sized for one 80 GB H100; docs/performance.md has the arithmetic):
 
-- `ep8k_b1` / `ep8k_b8`: EndPrompt samples, P = 8192 physical tokens, positions up to T = 65536, batch 1/8;
-- `full64k_b1`: contiguous 65536-token samples (full-length fine-tuning), batch 1;
+- `ep8k_b1`: EndPrompt samples, P = 8192 physical tokens, positions up to T = 65536, batch 1;
+- `full64k_b1_ce`: contiguous 65536-token samples (full-length fine-tuning), batch 1; `ep8k_b8_ce`: batch 8.
+  Every case of 64K tokens per step uses chunked CE: the full logits + CE of a 128K vocabulary need ~50 GB;
 - `contig8k_b1` vs `upstream8k_b1`: our per-token RoPE on contiguous positions vs megatron's own RoPE;
-- `ref_*`: the same shapes with `benchmarks/reference_llama.py`;
+- `ref_*`: the same shapes with `benchmarks/reference_llama.py` (its own chunked CE in the `_ce` cases);
 - `*_cudnn` / `*_flash`: the SDPA backend forced to cuDNN or flash attention (default lets PyTorch choose);
 - `*_ce`: chunked output layer + cross entropy (`--model.ce_chunk_size`, `--ce-chunk` tokens a chunk);
 - `*_rope_triton` / `*_rope_compile`: fused per-token RoPE (`--model.rope_fusion`) vs the unfused default;
-- `*_fast`: cuDNN attention + Triton RoPE + chunked CE together (our fastest configuration, if it works).
+- `*_fast`: cuDNN attention + Triton RoPE + chunked CE together (our fastest configuration, if it works);
+- `*_te`: the same case under Transformer Engine layers (run where TE is importable on CUDA, `--specs`). Every
+  other case of ours forces the local spec (the SDPA knobs only reach our attention); the `spec` column says.
+
+Any failure of a case (out of memory, an exception of any type) is recorded as that case's status and the
+remaining cases run; `--budget-s` records the cases it had no time for as skipped.
 
 Each case also reports `act_gib`: memory held after the forward pass minus memory before it (the activations
 saved for backward, incl. the logits), measured on the last timed step. The "Targets" table compares cases
@@ -78,6 +85,12 @@ class Case:
     """Chunked cross entropy: tokens per chunk (0 = megatron's vocab-parallel CE on full logits). Ours only."""
     rope_fusion: str = "auto"
     """`--model.rope_fusion` for our model (`auto` = unfused)."""
+    spec: str = "local"
+    """Layer spec of our / megatron's model, always forced: `local` (megatron's local layers with our SDPA
+    attention, where `backend` applies) or `te` (Transformer Engine layers, `backend` has no effect). `-` for
+    the reference, which has its own layers."""
+    notes: str = ""
+    """Why the case is shaped as it is (e.g. chunked CE because the unchunked path cannot fit)."""
 
 
 @dataclass
@@ -95,41 +108,62 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def default_cases(p: int, t: int, cue: int = 8, ce_chunk: int = 2048) -> list[Case]:
-    """The case list of the module docstring for physical length p and target t.
+SPECS = ("local", "te")
+CE_NOTE = "chunked CE: unchunked logits + CE of 64K tokens x 128K vocab need ~50 GB (no fit on 80 GB)"
 
-    Ordered by importance for a time-limited GPU run (results are written after every case): the cases behind
-    the "Targets" table first, then the knob-by-knob comparisons, then batch 8 and the torch.compile variant.
+
+def default_cases(p: int, t: int, specs: tuple[str, ...] = ("local",), ce_chunk: int = 2048) -> list[Case]:
+    """The case list of the module docstring for physical length p, target t and the layer specs to run.
+
+    Sized for one 80 GB H100 (so also a 141 GB H200) with Llama-3-8B layers x 4: every case of 64K tokens per
+    step (P = 64K, or 8 x 8K) uses chunked CE, named `_ce` / `_fast`, since its full logits do not fit.
+    Ordered by importance for a time-limited GPU run (results are written after every case, `--budget-s`
+    skips the rest): the cases behind the "Targets" table first (local spec, then TE), then the knob-by-knob
+    comparisons (local spec: the SDPA backends are only ours), then batch 8 and the torch.compile variant.
     """
     ep = {"scheme": "endprompt", "target_length": t}
+    ce = {"ce_chunk": ce_chunk, "notes": CE_NOTE}
     fast = {"backend": "cudnn", "ce_chunk": ce_chunk, "rope_fusion": "triton"}
     cases = [
         Case("ep8k_b1", "ours", p, 1, **ep),
         Case("contig8k_b1", "ours", p, 1),
         Case("upstream8k_b1", "upstream", p, 1),
-        Case("ref_ep8k_b1", "reference", p, 1, **ep),
-        Case("full64k_b1", "ours", t, 1),
-        Case("ref_full64k_b1", "reference", t, 1),
+        Case("ref_ep8k_b1", "reference", p, 1, spec="-", **ep),
+        Case("ep8k_b1_ce", "ours", p, 1, ce_chunk=ce_chunk, **ep),
+        Case("full64k_b1_ce", "ours", t, 1, **ce),
+        Case("ref_full64k_b1_ce", "reference", t, 1, spec="-", **ce),
+    ]
+    if "te" in specs:
+        te = ("ep8k_b1", "contig8k_b1", "upstream8k_b1", "ep8k_b1_ce", "full64k_b1_ce")
+        cases += [_te(c) for c in cases if c.name in te]
+    cases += [
         Case("ep8k_b1_fast", "ours", p, 1, **fast, **ep),
-        Case("full64k_b1_fast", "ours", t, 1, **fast),
+        Case("full64k_b1_fast", "ours", t, 1, **fast, notes=CE_NOTE),
         Case("contig8k_b1_rope_triton", "ours", p, 1, rope_fusion="triton"),
         Case("ep8k_b1_rope_triton", "ours", p, 1, rope_fusion="triton", **ep),
-        Case("ep8k_b1_ce", "ours", p, 1, ce_chunk=ce_chunk, **ep),
-        Case("full64k_b1_ce", "ours", t, 1, ce_chunk=ce_chunk),
     ]
     for backend in ("cudnn", "flash"):
         cases += [
             Case(f"ep8k_b1_{backend}", "ours", p, 1, backend=backend, **ep),
-            Case(f"full64k_b1_{backend}", "ours", t, 1, backend=backend),
+            Case(f"full64k_b1_ce_{backend}", "ours", t, 1, backend=backend, **ce),
         ]
-    cases += [
-        Case("engine_ep8k_b1", "engine", p, 1, **ep),
-        Case("ep8k_b8", "ours", p, 8, **ep),
-        Case("ref_ep8k_b8", "reference", p, 8, **ep),
-        Case("ep8k_b8_fast", "ours", p, 8, **fast, **ep),
-        Case("ep8k_b1_rope_compile", "ours", p, 1, rope_fusion="compile", **ep),
+    cases.append(Case("engine_ep8k_b1", "engine", p, 1, **ep))
+    if "te" in specs:
+        cases.append(_te(cases[-1]))
+    b8 = [
+        Case("ep8k_b8_ce", "ours", p, 8, **ce, **ep),
+        Case("ref_ep8k_b8_ce", "reference", p, 8, spec="-", **ce, **ep),
+        Case("ep8k_b8_fast", "ours", p, 8, **fast, **ep, notes=CE_NOTE),
     ]
+    cases += b8 + ([_te(b8[0])] if "te" in specs else [])
+    cases.append(Case("ep8k_b1_rope_compile", "ours", p, 1, rope_fusion="compile", **ep))
+    if "local" not in specs:
+        cases = [c for c in cases if c.spec != "local"]
     return cases
+
+
+def _te(case: Case) -> Case:
+    return dataclasses.replace(case, name=case.name + "_te", spec="te")
 
 
 def batch_for(case: Case, vocab: int, device: torch.device, cue: int = 8) -> dict[str, torch.Tensor]:
@@ -162,6 +196,8 @@ def build(
             model = ReferenceLlama(cfg).to(dtype=dtype)
 
         def ref_loss(m, b):
+            if case is not None and case.ce_chunk:
+                return m.chunked_loss(b["tokens"], b["position_ids"], b["labels"], case.ce_chunk)
             logits = m(b["tokens"], b["position_ids"])
             return F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
 
@@ -236,7 +272,8 @@ def build_engine(case: Case, cfg: ModelConfig, dtype: str):
 
     train = from_dict(
         {
-            "model": {"preset": "tiny", **cfg.to_dict()},  # every ModelConfig field overrides the preset
+            # every ModelConfig field overrides the preset; the layer spec is the case's, never auto
+            "model": {"preset": "tiny", **cfg.to_dict(), "use_te": case.spec == "te"},
             "precision": {"dtype": dtype},
             "optimizer": {"lr": 1e-5, "warmup_steps": 0},
             "data": {
@@ -279,7 +316,7 @@ def run_case(case: Case, cfg: ModelConfig, args: argparse.Namespace, device: tor
         if case.impl == "engine":
             times, loss = _time_engine(case, cfg, args, device)
             return _summarise(case, cfg, args, device, times, loss)
-        model, loss_fn = build(case.impl, cfg, dtype, device, args.use_te, case)
+        model, loss_fn = build(case.impl, cfg, dtype, device, case.spec == "te", case)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         batch = batch_for(case, cfg.vocab_size, device)
         times, loss, act = [], None, None
@@ -386,6 +423,9 @@ def targets(results: list[Result]) -> list[dict]:
     rows = [
         _ratio_row("per-token RoPE step time / megatron contiguous RoPE (contig8k_b1 / upstream8k_b1)",
                    get("contig8k_b1", "step_ms"), get("upstream8k_b1", "step_ms"), "<= 1.02", lambda v: v <= 1.02),
+        _ratio_row("the same under TE layers (contig8k_b1_te / upstream8k_b1_te)",
+                   get("contig8k_b1_te", "step_ms"), get("upstream8k_b1_te", "step_ms"), "<= 1.02",
+                   lambda v: v <= 1.02),
         _ratio_row("fused per-token RoPE / megatron contiguous RoPE (contig8k_b1_rope_triton / upstream8k_b1)",
                    get("contig8k_b1_rope_triton", "step_ms"), get("upstream8k_b1", "step_ms"), "<= 1.02",
                    lambda v: v <= 1.02),
@@ -402,7 +442,7 @@ def targets(results: list[Result]) -> list[dict]:
     name8, mfu8 = best("ep8k_b1", "mfu")
     rows.append(_ratio_row(f"MFU at 64K / MFU at 8K (best: {name64} / {name8})", mfu64, mfu8, ">= 1.0",
                            lambda v: v >= 1.0))  # fmt: skip
-    for suffix in ("", "_ce", "_fast"):
+    for suffix in ("_ce", "_fast", "_ce_te"):  # 64K fits only with chunked CE: compare like with like
         rows.append(_ratio_row(f"activation memory 8K / 64K (ep8k_b1{suffix} / full64k_b1{suffix})",
                                get(f"ep8k_b1{suffix}", "act_gib"), get(f"full64k_b1{suffix}", "act_gib"),
                                "<= 0.15", lambda v: v <= 0.15))  # fmt: skip
@@ -419,9 +459,9 @@ def to_markdown(results: list[Result], meta: dict) -> str:
         "MFU = tokens/s x (6N + 6 L d_attn s) / peak; N = matmul weights incl. LM head, excl. embedding; "
         "s = physical length.",
         "",
-        "| case | impl | P (physical) | batch | positions | SDPA | CE chunk | RoPE | status | step ms | tokens/s "
-        "| TFLOP/s | MFU | peak GiB | act GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | impl | spec | P (physical) | batch | positions | SDPA | CE chunk | RoPE | status | step ms "
+        "| tokens/s | TFLOP/s | MFU | peak GiB | act GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.case
@@ -430,6 +470,7 @@ def to_markdown(results: list[Result], meta: dict) -> str:
         cells = [
             c.name,
             c.impl,
+            c.spec,
             c.seq_length,
             c.batch,
             pos,
@@ -445,6 +486,14 @@ def to_markdown(results: list[Result], meta: dict) -> str:
             r.extra.get("act_gib"),
         ]
         lines.append("| " + " | ".join("" if v is None else str(v) for v in cells) + " |")
+    notes = sorted({c.notes for c in (r.case for r in results) if c.notes})
+    lines += [""] + [
+        f"Note ({', '.join(r.case.name for r in results if r.case.notes == n)}): {n}." for n in notes
+    ]
+    lines.append(
+        "spec: layer spec, forced per case (local = megatron local layers + our SDPA attention, where the SDPA "
+        "column applies; te = Transformer Engine layers; - = the reference's own layers)."
+    )
     note = " CPU smoke run: the timings are noise and the verdicts mean nothing." if meta.get("smoke") else ""
     lines += ["", "## Targets (computed from the cases above)", "", "Not a verdict on anything unmeasured." + note, "", "| target | value | goal | verdict |",
               "|---|---|---|---|"]  # fmt: skip
@@ -460,7 +509,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny model, tiny shapes, CPU allowed (seconds)")
     p.add_argument("--model", default="llama3-8b", help="ModelConfig preset for the layer shapes")
     p.add_argument(
-        "--layers", type=int, default=4, help="number of layers (8B at 64K does not fit otherwise)"
+        "--layers",
+        type=int,
+        default=3,
+        help="number of layers (3: the 64K cases fit one 80 GB H100, see docs)",
     )
     p.add_argument("--seq-length", type=int, default=8192, help="EndPrompt physical length P")
     p.add_argument(
@@ -472,10 +524,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument(
-        "--use-te",
-        type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
+        "--specs",
+        default="auto",
+        help="layer specs to run, comma-separated from local,te; auto = local, plus te where Transformer "
+        "Engine is importable on CUDA (each case forces its spec and is labelled with it)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
         default=None,
-        help="auto | true | false: Transformer Engine layer spec for our model",
+        help="start no case after this many seconds; the rest are recorded as skipped (for a hard time limit)",
     )
     p.add_argument(
         "--peak-tflops", type=float, default=None, help="peak dense TFLOP/s (default: from device name)"
@@ -497,7 +555,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         cfg = get_preset(args.model).replace(
             num_layers=args.layers, max_position_embeddings=args.target_length
         )
-        cases = default_cases(args.seq_length, args.target_length, ce_chunk=args.ce_chunk)
+        cases = default_cases(args.seq_length, args.target_length, resolve_specs(args.specs), args.ce_chunk)
     if args.cases:
         wanted = set(args.cases.split(","))
         unknown = wanted - {c.name for c in cases}
@@ -507,19 +565,39 @@ def main(argv: list[str] | None = None) -> list[Result]:
     from megatron_endprompt.parallel import initialize
 
     initialize(tp=1, pp=1, cp=1, seed=1234)
-    meta = _meta(args, cfg, device)
+    meta = {**_meta(args, cfg, device), "specs": sorted({c.spec for c in cases} - {"-"})}
     results = run_cases(cases, cfg, args, device, meta)
     print(to_markdown(results, meta))
     return results
 
 
+def resolve_specs(arg: str) -> tuple[str, ...]:
+    """`--specs` -> the layer specs to run (`auto`: local, plus te where TE is importable on CUDA)."""
+    from megatron_endprompt.model.te_choice import te_usable as te_available
+
+    if arg == "auto":
+        return ("local", "te") if te_available() else ("local",)
+    specs = tuple(arg.split(","))
+    unknown = set(specs) - set(SPECS)
+    if unknown or not specs:
+        raise SystemExit(f"--specs: unknown {sorted(unknown)}; choose from auto or a comma list of {SPECS}")
+    return specs
+
+
 def run_cases(
     cases: list[Case], cfg: ModelConfig, args: argparse.Namespace, device: torch.device, meta: dict
 ) -> list[Result]:
-    """Every case in order, each isolated by `run_case`; results written after every case."""
-    results = []
+    """Every case in order, each isolated by `run_case`; results written after every case.
+
+    With `args.budget_s`, no case starts after that many seconds: the rest are listed as skipped, so a run
+    under a hard time limit still names every case it did not measure.
+    """
+    results, start = [], time.monotonic()
     for case in cases:
-        result = run_case(case, cfg, args, device)
+        if args.budget_s is not None and time.monotonic() - start > args.budget_s:
+            result = Result(case, status=f"skipped: --budget-s {args.budget_s:g} spent")
+        else:
+            result = run_case(case, cfg, args, device)
         logger.info(
             "%-24s %-6s %s ms/step %s tok/s mfu=%s peak=%s GiB act=%s GiB",
             case.name,
@@ -557,7 +635,17 @@ def _meta(args: argparse.Namespace, cfg: ModelConfig, device: torch.device) -> d
         "model_config": cfg.to_dict(),
         "ce_chunk": args.ce_chunk,
         "smoke": bool(args.smoke),
+        "transformer_engine": _te_version(),
     }
+
+
+def _te_version() -> str | None:
+    try:
+        import transformer_engine
+
+        return getattr(transformer_engine, "__version__", "present")
+    except Exception:  # noqa: BLE001 - absent or broken: either way no TE cases can run
+        return None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     results = {r["case"]["name"]: r for r in data["results"]}
-    assert {"ep8k_b1", "engine_ep8k_b1", "full64k_b1", "upstream8k_b1", "ref_ep8k_b1"} <= set(results)
+    assert {
+        "ep8k_b1",
+        "engine_ep8k_b1",
+        "full64k_b1_ce",
+        "upstream8k_b1",
+        "ref_ep8k_b1",
+        "ref_ep8k_b8_ce",
+    } <= set(results)
     for name, r in results.items():
         assert r["status"] == "ok", (name, r["status"])
         assert r["tokens_per_s"] > 0 and 0 < r["loss"] < 20, (name, r)
@@ -35,9 +42,12 @@ def test_benchmark_smoke_runs_every_case(tmp_path: Path) -> None:
     cfg = get_preset("tiny").replace(max_position_embeddings=256)
     ep = results["ep8k_b1"]
     assert ep["extra"]["flops_per_token"] == flops.flops_per_token(cfg, ep["case"]["seq_length"])
-    assert "| ep8k_b1 | ours |" in (tmp_path / "results.md").read_text()
-    # The chunked cross-entropy cases run on CPU too, and the targets table is computed from the cases.
-    assert results["ep8k_b1_ce"]["case"]["ce_chunk"] > 0 and results["full64k_b1_ce"]["status"] == "ok"
+    table = (tmp_path / "results.md").read_text()
+    assert "| ep8k_b1 | ours | local |" in table and "| ref_ep8k_b1 | reference | - |" in table
+    # Every case of 64K tokens per step is chunked (the full logits do not fit 80 GB), and says so.
+    for name in ("full64k_b1_ce", "ref_full64k_b1_ce", "ep8k_b8_ce", "ref_ep8k_b8_ce"):
+        assert results[name]["case"]["ce_chunk"] > 0 and "~50 GB" in results[name]["case"]["notes"], name
+    assert "Note (full64k_b1_ce, ref_full64k_b1_ce" in table
     rows = {row["target"]: row for row in data["targets"]}
     ratio = rows["EndPrompt positions / contiguous positions (ep8k_b1 / contig8k_b1 step time)"]["value"]
     assert ratio == pytest.approx(results["ep8k_b1"]["step_ms"] / results["contig8k_b1"]["step_ms"], rel=1e-3)
@@ -68,3 +78,36 @@ def test_any_exception_fails_only_its_case(tmp_path: Path, monkeypatch: pytest.M
     assert [r.status for r in results] == ["error: KernelCompileError: at 3:4: unsupported layout", "ok"]
     written = json.loads((tmp_path / "results.json").read_text())["results"]
     assert [r["status"] for r in written] == [r.status for r in results]
+
+
+def test_default_cases_label_and_force_their_layer_spec() -> None:
+    """With TE, local and TE cases run side by side; SDPA-backend cases always force the local spec."""
+    from benchmarks.train_throughput import default_cases
+
+    local = default_cases(8192, 65536, ("local",))
+    both = {c.name: c for c in default_cases(8192, 65536, ("local", "te"))}
+    assert all(c.spec in ("local", "-") for c in local)
+    assert {n for n, c in both.items() if c.spec == "te"} == {
+        "ep8k_b1_te", "contig8k_b1_te", "upstream8k_b1_te", "ep8k_b1_ce_te", "full64k_b1_ce_te",
+        "engine_ep8k_b1_te", "ep8k_b8_ce_te",
+    }  # fmt: skip
+    assert {c.name for c in local} == {n for n, c in both.items() if c.spec != "te"}
+    assert all(c.spec == "local" for c in both.values() if c.backend != "default")
+    assert all(c.spec == "-" for c in both.values() if c.impl == "reference")
+    assert all(c.ce_chunk for c in both.values() if c.seq_length * c.batch >= 65536)
+
+
+def test_budget_records_unstarted_cases_as_skipped(tmp_path: Path) -> None:
+    import torch
+
+    from benchmarks import train_throughput as tt
+
+    cfg = get_preset("tiny")
+    args = tt.parse_args(["--out", str(tmp_path), "--budget-s", "-1"])
+    device = torch.device("cpu")
+    cases = [tt.Case("a", "reference", 16, 1), tt.Case("b", "ours", 16, 1)]
+    results = tt.run_cases(cases, cfg, args, device, tt._meta(args, cfg, device))
+    assert [r.status for r in results] == ["skipped: --budget-s -1 spent"] * 2
+    assert "| b | ours | local |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match="--specs"):
+        tt.resolve_specs("local,tee")
