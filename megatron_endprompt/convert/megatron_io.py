@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 MODEL_JSON = "endprompt_model.json"
 SOURCE_JSON = "endprompt_source.json"
 HF_ASSETS_DIR = "hf_assets"
-LATEST_FILE = "latest"
 _EMBEDDING_KEY = "embedding.word_embeddings.weight"
 
 
@@ -61,23 +60,20 @@ def read_source_json(ckpt_dir: Path) -> dict:
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """The checkpoint dir itself, or for a training save root the iteration dir named by `latest`."""
+    """The checkpoint dir itself, or for a training save root the iteration dir that training would resume from
+    (`training.checkpoint_io.find_latest`: the same rules for `latest`, the same refusals)."""
+    from megatron_endprompt.training.checkpoint_io import CheckpointError, find_latest
+
     path = Path(path)
     if not path.is_dir():
         raise ConversionError(f"--megatron-dir: {path} is not a directory")
-    if (path / MODEL_JSON).is_file() or not (path / LATEST_FILE).is_file():
+    if (path / MODEL_JSON).is_file():
         return path
-    with contextlib.suppress(ImportError):
-        from megatron_endprompt.training.checkpoint_io import find_latest
-
+    try:
         found = find_latest(path)
-        if found is not None:
-            return Path(found)
-    name = (path / LATEST_FILE).read_text().strip()
-    candidate = path / (f"iter_{int(name):07d}" if name.isdigit() else name)
-    if not candidate.is_dir():
-        raise ConversionError(f"--megatron-dir: {path}/{LATEST_FILE} names {name!r}, which does not exist")
-    return candidate
+    except CheckpointError as err:
+        raise ConversionError(f"--megatron-dir: {err}") from None
+    return found if found is not None else path  # not a save root: read_model_json names what is missing
 
 
 def require_single_process(flag: str) -> None:

@@ -11,12 +11,17 @@ Directory layout (format version 1; `checkpoint_io` makes it crash-safe):
         endprompt_model.json           ModelConfig.to_dict()
         optimizer/                     dist checkpoint of optimizer.sharded_state_dict(model keys); the
                                        distributed optimizer uses 'dp_reshardable' (TP/PP layout fixed)
-        rng/rank_00000.pt ...          per-rank RNG states (python, numpy, torch CPU/CUDA, megatron tracker)
+        rng/rank_00000.safetensors ... per-rank RNG states (python, numpy, torch CPU/CUDA, megatron tracker),
+                                       no pickle (checkpoint_rng)
         train_state.json               iteration, lr_step, consumed_samples, saved layout, `extra`
         train_config.json              the TrainConfig (`to_dict()`) when the engine has one
-        checkpoint_complete            marker written last, before the directory is renamed into place
+        checkpoint_complete            manifest (size + CRC32 of every file), written last, before the
+                                       directory is renamed into place; verified on load
 
-Every rank must call `save_checkpoint` / `load_checkpoint` (collective). A shared filesystem is assumed.
+Every rank must call `save_checkpoint` / `load_checkpoint` (collective). A shared filesystem is assumed. Rank 0
+alone touches the directory protocol and reads the files for verification; its errors reach every rank.
+Loading a megatron-core dist checkpoint unpickles parts of it (torch DCP `.metadata`, `common.pt`): load only
+checkpoints you trust (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -25,23 +30,28 @@ import contextlib
 import json
 import logging
 import os
-import pickle
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.model.portable_state import load_model_state, load_sharded_model_state
+from megatron_endprompt.training import checkpoint_rng
 from megatron_endprompt.training.checkpoint_io import (
+    COMPLETE_MARKER,
+    CheckpointError,
     begin_save,
     checkpoint_name,
     commit_save,
     find_latest,
+    iteration_of,
+    list_checkpoints,
+    verify_checkpoint,
 )
+from megatron_endprompt.training.checkpoint_manifest import CorruptCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +90,8 @@ def save_checkpoint(
 
     rank0 = dist.get_rank() == 0
     engine.sync_params()
-    if rank0:
-        begin_save(save_dir, iteration)
-    dist.barrier()
+    _check_finite_weights(engine, Path(save_dir) / checkpoint_name(iteration))
+    _on_rank0(lambda: begin_save(save_dir, iteration))
     tmp = Path(save_dir) / (checkpoint_name(iteration) + ".tmp")
     with _cpu_safe_dist_checkpointing():
         dist_checkpointing.save(_model_sharded_state_dict(engine), str(tmp), _parallel_save_strategy())
@@ -95,7 +104,7 @@ def save_checkpoint(
     )
     with _cpu_safe_dist_checkpointing():
         dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR), _parallel_save_strategy())
-    _save_rng(tmp / RNG_DIR / f"rank_{dist.get_rank():05d}.pt")
+    checkpoint_rng.write(_rng_file(tmp), checkpoint_rng.capture())
     if rank0:
         _write_json(tmp / MODEL_CONFIG_FILE, engine.model_config.to_dict())
         _write_json(tmp / TRAIN_STATE_FILE, _train_state(engine, iteration, consumed_samples, extra))
@@ -104,21 +113,24 @@ def save_checkpoint(
     dist.barrier()
     if before_commit is not None:
         before_commit()
-    final = commit_save(save_dir, iteration, keep_last) if rank0 else None
-    dist.barrier()
-    logger.info("saved checkpoint %s", final or Path(save_dir) / checkpoint_name(iteration))
-    return Path(save_dir) / checkpoint_name(iteration)
+    _on_rank0(lambda: commit_save(save_dir, iteration, keep_last))
+    final = Path(save_dir) / checkpoint_name(iteration)
+    logger.info("saved checkpoint %s", final)
+    return final
 
 
-def load_checkpoint(engine, load_dir: str | os.PathLike, *, weights_only: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    engine, load_dir: str | os.PathLike, *, weights_only: bool = False, fallback_to_previous: bool = False
+) -> dict[str, Any]:
     """Restore the engine from a checkpoint dir, or from the latest one under a save dir (collective).
 
     weights_only: load only the model weights (fine-tuning from an HF-converted checkpoint, or changing the
     TP/PP layout of a distributed-optimizer run); the optimizer starts fresh and the counters stay at 0.
+    fallback_to_previous: when the newest checkpoint fails verification, load the newest older one that passes.
     Returns the train state (`iteration`, `consumed_samples`, `extra`, ..., and `path`); for weights-only
     loads only `path` and whatever train state the directory has.
     """
-    path = resolve_checkpoint_dir(load_dir)
+    path = _on_rank0(lambda: select_checkpoint(load_dir, fallback_to_previous))
     _check_model_config(engine.model_config, path)
     state = _read_json(path / TRAIN_STATE_FILE) if (path / TRAIN_STATE_FILE).is_file() else {}
     if not weights_only and not state:
@@ -128,22 +140,24 @@ def load_checkpoint(engine, load_dir: str | os.PathLike, *, weights_only: bool =
         )
     if not weights_only:
         _check_same_optimizer_layout(engine, state, path)  # before touching anything
-    _load_model(engine, path)
+    with _naming_the_checkpoint(path):
+        _load_model(engine, path)
     if weights_only:
         engine.optimizer.reload_model_params()  # fp32 master weights follow the loaded model weights
         logger.info("loaded weights from %s", path)
         return {**state, "path": str(path)}
-    _load_optimizer(engine, path)
+    with _naming_the_checkpoint(path / OPTIMIZER_DIR):
+        _load_optimizer(engine, path)
     engine.iteration = int(state["iteration"])
     engine.lr_step = int(state["lr_step"])
     engine.consumed_samples = int(state["consumed_samples"])
-    _load_rng(engine, path, state)
+    _load_rng(path, state)
     logger.info("resumed from %s at iteration %d", path, engine.iteration)
     return {**state, "path": str(path)}
 
 
 def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
-    """A checkpoint directory itself, or the latest complete one under a save directory."""
+    """A checkpoint directory itself, or the latest complete one under a save directory (`find_latest`)."""
     path = Path(load_dir)
     if (path / "metadata.json").is_file():
         return path
@@ -151,6 +165,88 @@ def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
     if latest is None:
         raise FileNotFoundError(f"--checkpoint.load: no complete checkpoint in {path}")
     return latest
+
+
+def select_checkpoint(load_dir: str | os.PathLike, fallback_to_previous: bool = False) -> Path:
+    """The directory to load: `resolve_checkpoint_dir`, verified against its manifest. A corrupt one raises
+    CorruptCheckpointError naming the directory and the file, or with `fallback_to_previous` (save dirs only)
+    gives way to the newest older complete checkpoint that verifies (a warning names both)."""
+    path = resolve_checkpoint_dir(load_dir)
+    try:
+        _verify(path)
+        return path
+    except CorruptCheckpointError as err:
+        if not fallback_to_previous or path == Path(load_dir):
+            raise CorruptCheckpointError(
+                f"{err}; to resume from the previous complete iteration instead, rerun with "
+                "--checkpoint.fallback_to_previous true (newer iterations are then renamed to *.aside)"
+            ) from None
+        bad = err
+    older = [p for p in list_checkpoints(path.parent) if iteration_of(p) < iteration_of(path)]
+    for candidate in reversed(older):
+        try:
+            _verify(candidate)
+        except CorruptCheckpointError as err:
+            logger.warning("%s", err)
+            continue
+        logger.warning("%s; --checkpoint.fallback_to_previous: resuming from %s instead", bad, candidate)
+        return candidate
+    raise CorruptCheckpointError(f"{bad}, and no older complete checkpoint under {path.parent} verifies")
+
+
+def _verify(path: Path) -> None:
+    if (path / COMPLETE_MARKER).is_file():  # converted dirs (hf_to_megatron) have no marker to check
+        verify_checkpoint(path)
+
+
+@contextlib.contextmanager
+def _naming_the_checkpoint(path: Path) -> Iterator[None]:
+    """Turn a failure deep in torch / megatron while reading `path` into one line that names it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any read failure: name the directory, keep the cause chained
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {first}); if it is damaged, resume "
+            "from an earlier one with --checkpoint.fallback_to_previous true"
+        ) from err
+
+
+def _on_rank0(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only (directory protocol, verification) and give every rank its result or its error:
+    an error on rank 0 alone would leave the others waiting at the next collective."""
+    box: list[Any] = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = fn()
+        except (ValueError, OSError) as err:
+            box[1] = err
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
+
+def _check_finite_weights(engine, destination: Path) -> None:
+    """Refuse to save a model holding NaN/Inf (a poisoned checkpoint would become `latest`); collective."""
+    from megatron_endprompt.training.metrics import NonFiniteLossError
+
+    bad = [
+        name
+        for chunk in engine.unwrapped_model()
+        for name, param in chunk.named_parameters()
+        if not bool(torch.isfinite(param.detach()).all())
+    ]
+    flag = torch.tensor([float(len(bad))], device=engine.device)
+    dist.all_reduce(flag)
+    if flag.item():
+        where = f" (this rank: {bad[:3]})" if bad else ""
+        raise NonFiniteLossError(
+            f"the model holds non-finite weights{where}; not saving {destination}, `latest` still names the "
+            "last good checkpoint. Lower --optimizer.lr or set --optimizer.clip_grad, and resume"
+        )
 
 
 # ---------------------------------------------------------------------- model and optimizer
@@ -191,13 +287,12 @@ def _model_sharded_state_dict(engine) -> dict:
 
 
 def _load_model(engine, path: Path) -> None:
-    from megatron.core import dist_checkpointing
-
+    """The model's weights, from a checkpoint written under either layer spec (`model.portable_state`)."""
     with _cpu_safe_dist_checkpointing():
-        state = dist_checkpointing.load(_model_sharded_state_dict(engine), str(path))
+        state = load_sharded_model_state(_model_sharded_state_dict(engine), path)
     chunks = engine.unwrapped_model()
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state if len(chunks) == 1 else state[f"chunk{i}"], strict=True)
+        load_model_state(chunk, state if len(chunks) == 1 else state[f"chunk{i}"])
 
 
 def _parallel_save_strategy():
@@ -348,38 +443,25 @@ def _check_model_config(current: ModelConfig, path: Path) -> None:
 # ---------------------------------------------------------------------- RNG
 
 
-def _save_rng(file: Path) -> None:
-    from megatron.core import tensor_parallel
-
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-    with open(file, "wb") as f:
-        torch.save(state, f)
+def _rng_file(ckpt_dir: Path) -> Path:
+    return ckpt_dir / RNG_DIR / f"rank_{dist.get_rank():05d}{checkpoint_rng.RNG_SUFFIX}"
 
 
-def _load_rng(engine, path: Path, state: dict) -> None:
+def _load_rng(path: Path, state: dict) -> None:
     """Restore this rank's RNG streams when the layout is unchanged (otherwise ranks do not correspond)."""
-    from megatron.core import tensor_parallel
-
-    file = path / RNG_DIR / f"rank_{dist.get_rank():05d}.pt"
-    if state.get("layout") != _layout() or not file.is_file():
+    file = _rng_file(path)
+    if state.get("layout") != _layout():
         logger.warning("%s: parallel layout changed; RNG states are not restored", path)
         return
-    try:
-        rng = torch.load(file, weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(f"{file}: unreadable RNG state ({err})") from err
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
+    if not file.is_file():
+        logger.warning(
+            "%s has no %s (a checkpoint from before pickle-free RNG files: its rank_*.pt is not unpickled, "
+            "since unpickling can run code); RNG states are not restored",
+            path,
+            file.name,
+        )
+        return
+    checkpoint_rng.restore(checkpoint_rng.read(file))
 
 
 # ---------------------------------------------------------------------- json

@@ -228,6 +228,16 @@ class CheckpointSection:
     """HF-converted Megatron dir (convert.hf_to_megatron): weights only; ignored when resuming."""
     save_at_end: bool = True
     """Save a checkpoint after the last step."""
+    allow_fresh_start: bool = False
+    """Start at step 0 although `save` holds iteration directories of which none is complete (or an unreadable
+    `latest` with none complete); they are renamed to `*.aside`, not deleted. Without it such a run stops (exit 2)."""
+    fallback_to_previous: bool = False
+    """When the newest checkpoint fails verification (a file missing, truncated or changed against the manifest
+    in `checkpoint_complete`), resume from the newest older one that verifies; newer ones in `save` are renamed
+    to `*.aside`. Without it such a run stops (exit 2) naming the directory and the file."""
+    allow_changed_data: bool = False
+    """Resume although --data.global_batch_size, --data.seed, --data.paths (file names) or --data.weights differ
+    from the checkpoint's run (the data order then differs from an uninterrupted run). Without it: exit 2."""
 
 
 @dataclass

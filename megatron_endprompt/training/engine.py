@@ -60,6 +60,10 @@ class StepResult:
     """Optimizer steps taken so far, this one included."""
     consumed_samples: int
     """Samples consumed so far over all data-parallel ranks, this step included."""
+    nonfinite_grad_norm: bool = False
+    """True when the optimizer measured a NaN/Inf gradient norm and still updated the weights (megatron-core
+    skips such steps only under fp16 loss scaling; the norm is measured only with --optimizer.clip_grad > 0).
+    The training loop then stops (exit 3) before anything is saved."""
 
 
 class Engine:
@@ -115,6 +119,9 @@ class Engine:
             skipped=not updated,
             iteration=self.iteration,
             consumed_samples=self.consumed_samples,
+            nonfinite_grad_norm=bool(
+                updated and grad_norm is not None and not math.isfinite(float(grad_norm))
+            ),
         )
 
     @torch.no_grad()

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from megatron_endprompt.training import batches, fault_injection, flops
 from megatron_endprompt.training.config import TrainConfig
-from megatron_endprompt.training.metrics import MetricsLogger, Throughput, check_finite, peak_memory_gib
+from megatron_endprompt.training.metrics import (
+    MetricsLogger,
+    NonFiniteLossError,
+    Throughput,
+    check_finite,
+    peak_memory_gib,
+)
 from megatron_endprompt.training.signals import StopSignal
 
 logger = logging.getLogger(__name__)
@@ -83,20 +89,26 @@ def _data_parallel() -> tuple[int, int]:
 def restore(cfg: TrainConfig, engine) -> tuple[int, int]:
     """Resume everything from --checkpoint.save when it already holds a checkpoint (this run's own progress: a
     requeued job continues), else from --checkpoint.load (a save dir or one checkpoint dir; must hold one), else
-    load --checkpoint.init_from weights only. Returns (iteration, consumed_samples)."""
+    load --checkpoint.init_from weights only. Returns (iteration, consumed_samples).
+
+    Never starts over silently (`checkpoint_io.find_latest` raises instead), and never lets a later save meet an
+    existing iteration directory: those newer than the resume point are renamed to `*.aside` first."""
     c = cfg.checkpoint
     if not (c.load or c.save or c.init_from):
         return 0, 0
     from megatron_endprompt.training import checkpoint as ckpt
 
     for source in (c.save, c.load):
-        if source and _holds_checkpoint(ckpt, source):
-            state = ckpt.load_checkpoint(engine, source)
+        if source and _holds_checkpoint(source, allow_fresh_start=c.allow_fresh_start and source == c.save):
+            state = ckpt.load_checkpoint(engine, source, fallback_to_previous=c.fallback_to_previous)
             iteration, consumed = _state_position(state, engine)
+            _check_same_data(cfg, state)
+            _set_aside_after(cfg, iteration)
             logger.info("resumed from %s at iteration %d (%d samples consumed)", source, iteration, consumed)
             return iteration, consumed
     if c.load:
         raise ValueError(f"--checkpoint.load {c.load}: no complete checkpoint found there")
+    _set_aside_after(cfg, None)  # --checkpoint.allow_fresh_start: incomplete iterations make way
     if c.init_from:
         ckpt.load_checkpoint(engine, c.init_from, weights_only=True)
         logger.info("initialised weights from %s", c.init_from)
@@ -111,12 +123,54 @@ def _check_paths(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} {path}: no such directory")
 
 
-def _holds_checkpoint(ckpt, directory: str) -> bool:
-    try:
-        ckpt.resolve_checkpoint_dir(directory)
-    except (FileNotFoundError, ValueError):
-        return False
-    return True
+def _holds_checkpoint(directory: str, allow_fresh_start: bool) -> bool:
+    """Whether `directory` is a checkpoint dir or a save dir with one; CheckpointError (exit 2) when it holds
+    iterations but none to resume from, unless a fresh start is allowed."""
+    from megatron_endprompt.training.checkpoint_io import find_latest
+
+    if (Path(directory) / "metadata.json").is_file():
+        return True
+    return find_latest(directory, allow_fresh_start=allow_fresh_start) is not None
+
+
+def _check_same_data(cfg: TrainConfig, state: dict) -> None:
+    from megatron_endprompt.training.checkpoint_io import CheckpointError
+    from megatron_endprompt.training.validation import resume_data_problems
+
+    problems = resume_data_problems(cfg, state.get("extra") or {})
+    if problems and cfg.checkpoint.allow_changed_data:
+        logger.warning(
+            "resuming with changed data settings (--checkpoint.allow_changed_data): %s", "; ".join(problems)
+        )
+    elif problems:
+        raise CheckpointError(
+            f"resuming {state.get('path')}: " + "; ".join(problems) + ". Restore the setting, or pass "
+            "--checkpoint.allow_changed_data true to resume anyway (the data order then differs from an "
+            "uninterrupted run)"
+        )
+
+
+def _set_aside_after(cfg: TrainConfig, iteration: int | None) -> None:
+    """Rank 0 renames iteration dirs of --checkpoint.save newer than `iteration` (all for None) to `*.aside`."""
+    import torch.distributed as dist
+
+    from megatron_endprompt.training.checkpoint_io import set_aside_after
+
+    if cfg.checkpoint.save and _rank() == 0:
+        set_aside_after(cfg.checkpoint.save, iteration)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def data_identity(cfg: TrainConfig) -> dict:
+    """What fixes the training order besides the position: stored with every checkpoint, compared on resume."""
+    d = cfg.data
+    return {
+        "global_batch_size": d.global_batch_size,
+        "data_seed": d.seed,
+        "data_paths": [Path(p).name for p in d.paths],  # the order is keyed by file names, not folders
+        "data_weights": d.weights,
+    }
 
 
 def _state_position(state, engine) -> tuple[int, int]:
@@ -134,7 +188,7 @@ def _save(cfg: TrainConfig, engine, iteration: int, consumed: int) -> None:
     from megatron_endprompt.training import checkpoint as ckpt
 
     save = cfg.checkpoint.save
-    extra = {"global_batch_size": cfg.data.global_batch_size, "data_seed": cfg.data.seed}
+    extra = data_identity(cfg)
     with fault_injection.kill_during_save(cfg.debug.kill_during_save_at, save, iteration) as before_commit:
         ckpt.save_checkpoint(
             engine,
@@ -284,7 +338,7 @@ def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSumma
         position = summary.consumed_samples
         micro_batches = _micro_batches(loader, cfg.num_micro_batches)
         result = engine.train_step(micro_batches)
-        check_finite(result.iteration, result.loss)
+        _check_step(result)
         fault_injection.kill_after_step(cfg.debug.kill_at_step, result.iteration)
         summary.iteration, summary.consumed_samples = result.iteration, position + gbs
         summary.losses.append(result.loss)
@@ -311,6 +365,17 @@ def _run_steps(cfg, engine, loader, reporter, valid_set, dp, summary: TrainSumma
             cfg.training.exit_signal,
             summary.iteration,
             " (checkpoint saved)" if c.save else " (no --checkpoint.save: nothing saved)",
+        )
+
+
+def _check_step(result) -> None:
+    """Stop (exit 3) on a NaN/Inf loss or gradient norm, before this step can be saved."""
+    check_finite(result.iteration, result.loss)
+    if result.nonfinite_grad_norm:
+        raise NonFiniteLossError(
+            f"step {result.iteration}: gradient norm is {result.grad_norm} (loss {result.loss:.4f}); the update "
+            "reached the weights, so the run stops before saving and `latest` still names the last good "
+            "checkpoint. Lower --optimizer.lr or raise --optimizer.warmup_steps, and resume"
         )
 
 

@@ -307,3 +307,22 @@ def _check_io(cfg, model) -> list[str]:
     if not cfg.data.paths and not cfg.data.mock:
         errs.append("--data.paths is empty; give dataset prefixes (or --data.mock true for synthetic data)")
     return errs
+
+
+def resume_data_problems(cfg: TrainConfig, saved: dict) -> list[str]:
+    """What fixes the data order and differs from the checkpoint's run (`saved`: its `data_identity`), each
+    naming its flag. Keys the checkpoint lacks (older checkpoints) are not compared."""
+    from megatron_endprompt.training.loop import data_identity
+
+    flags = {
+        "global_batch_size": "--data.global_batch_size",
+        "data_seed": "--data.seed",
+        "data_paths": "--data.paths",
+        "data_weights": "--data.weights",
+    }
+    now = data_identity(cfg)
+    return [
+        f"{flag} was {saved[key]!r} in the checkpoint's run, this run has {now[key]!r}"
+        for key, flag in flags.items()
+        if key in saved and saved[key] != now[key]
+    ]
