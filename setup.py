@@ -24,6 +24,8 @@ setup(
         "hf": ["transformers>=4.45", "protobuf"],  # protobuf: Llama-2 style tokenizer.model dirs
         "data": ["pyarrow", "tokenizers"],
         "plots": ["matplotlib"],
+        # GGUF import (hf-to-megatron --gguf-file): transformers' GGUF loader needs both; ~0.5 MB of wheels
+        "gguf": ["transformers>=4.45", "gguf", "accelerate"],
         "dev": [
             "pytest",
             "hypothesis",
@@ -33,6 +35,8 @@ setup(
             "pyarrow",
             "tokenizers",
             "matplotlib",
+            "gguf",  # the tiny-GGUF conversion test (tests/unit/test_convert_gguf.py)
+            "accelerate",
             "triton>=3.0",  # runs the Triton RoPE kernel on CPU under its interpreter (TRITON_INTERPRET=1)
         ],
     },

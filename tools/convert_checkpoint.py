@@ -2,6 +2,7 @@
 """Convert LLaMA checkpoints between Hugging Face and our megatron-core distributed format.
 
   python tools/convert_checkpoint.py hf-to-megatron --hf-dir IN --megatron-dir OUT [--tp N] [--pp N]
+  python tools/convert_checkpoint.py hf-to-megatron --gguf-file F.gguf --megatron-dir OUT [--dtype bfloat16]
   python tools/convert_checkpoint.py megatron-to-hf --megatron-dir IN --hf-dir OUT [--hf-dialect v4|v5]
 
 The logic lives in `megatron_endprompt.convert`; see docs/conversion.md.
@@ -21,7 +22,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser("hf-to-megatron", help="HF LlamaForCausalLM dir -> megatron dist checkpoint dir")
-    imp.add_argument("--hf-dir", required=True, help="HF model dir (config.json + *.safetensors)")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf-dir", help="HF model dir (config.json + *.safetensors)")
+    source.add_argument(
+        "--gguf-file", help="a llama GGUF file, dequantized through transformers (the gguf extra)"
+    )
+    imp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                     help="with --gguf-file: dtype of the dequantized weights (default float32)")  # fmt: skip
     imp.add_argument("--megatron-dir", required=True, help="output checkpoint dir")
     imp.add_argument(
         "--tp", type=int, default=1, help="tensor-parallel size the checkpoint is meant for (vocab padding)"
@@ -57,7 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_endprompt.convert import ConversionError, hf_to_megatron, megatron_to_hf
 
     try:
-        if args.command == "hf-to-megatron":
+        if args.command == "hf-to-megatron" and args.gguf_file:
+            from megatron_endprompt.convert.gguf_io import gguf_to_megatron
+
+            summary = gguf_to_megatron(
+                args.gguf_file, args.megatron_dir, args.dtype or "float32", tp=args.tp, pp=args.pp,
+                overwrite=args.overwrite, progress=not args.no_progress,
+            )  # fmt: skip
+        elif args.command == "hf-to-megatron" and args.dtype:
+            raise ConversionError(
+                "--dtype applies to --gguf-file; an --hf-dir keeps the dtype it is stored in"
+            )
+        elif args.command == "hf-to-megatron":
             summary = hf_to_megatron(
                 args.hf_dir, args.megatron_dir, tp=args.tp, pp=args.pp, overwrite=args.overwrite,
                 allow_pickle=args.allow_pickle, progress=not args.no_progress,
