@@ -246,3 +246,19 @@ def test_a_new_run_never_replaces_an_existing_iteration_dir(saved, tmp_path, cap
     assert rc == 0, log[-3000:]
     assert (run_dir / "iter_0000004.aside" / COMPLETE_MARKER).read_text() == before
     assert "moved" in log and os.path.isdir(run_dir / "iter_0000004")
+
+
+def test_resume_with_changed_data_paths_is_refused_but_moved_data_is_not():
+    from megatron_endprompt.training.config import TrainConfig
+    from megatron_endprompt.training.loop import data_identity
+    from megatron_endprompt.training.validation import resume_data_problems
+
+    cfg = TrainConfig()
+    cfg.data.paths = ["/data/a/web_train", "/data/a/books_train"]
+    saved = data_identity(cfg)
+    cfg.data.paths = ["/mnt/copy/web_train", "/mnt/copy/books_train"]  # the same files under another folder
+    assert resume_data_problems(cfg, saved) == []
+    cfg.data.paths = ["/data/a/web_train"]
+    (problem,) = resume_data_problems(cfg, saved)
+    assert problem.startswith("--data.paths was ['web_train', 'books_train']")
+    assert resume_data_problems(cfg, {}) == []  # checkpoints from before the check: nothing to compare
