@@ -45,6 +45,8 @@ def test_gpu_check_smoke_returns_few_files_and_every_step(tmp_path: Path) -> Non
 
     results = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in results["steps"]] == list(STEPS)
+    # The GPU limits (the rehearsal allows 4x) add up to 530 s: the check ends within 9 minutes on one H100.
+    assert sum(int(s["limit_s"]) for s in results["steps"]) == 4 * 530
     assert results["smoke"] is True and results["env"]["missing"] == []
     assert all(r["status"] == "ok" for r in results["throughput"]["results"])
     assert all(results["train_cli"][run]["last_step"] == 4 for run in ("train_cli", "train_cli_fast"))
