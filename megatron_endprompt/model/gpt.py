@@ -277,6 +277,20 @@ class EndPromptGPTModel(GPTModel):
         return super().forward(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
 
 
+def check_rope_unfused(config: TransformerConfig) -> None:
+    """Refuse megatron's fused RoPE: per-sample [s, b, 1, d] frequencies must never reach it.
+
+    Its kernels (TE's `fused_apply_rotary_pos_emb`, apex's) take one frequency row per position shared by
+    the whole batch and drop YaRN's mscale, so with EndPrompt positions they would silently rotate every
+    sample by the first sample's angles. Our own fusions (`--model.rope_fusion`) handle per-sample angles.
+    """
+    if config.apply_rope_fusion:
+        raise ValueError(
+            "apply_rope_fusion=True: megatron's fused RoPE takes neither per-sample positions nor YaRN's "
+            "mscale; leave it False (use --model.rope_fusion triton|compile for a fused per-token RoPE)"
+        )
+
+
 def build_model(
     cfg: ModelConfig,
     *,
@@ -307,6 +321,7 @@ def build_model(
             cfg, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
             fp16=params_dtype == torch.float16, sequence_parallel=sequence_parallel, **config_overrides,
         )  # fmt: skip
+    check_rope_unfused(config)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     spec = block_spec(config, vp_stage=vp_stage, use_te=use_te, cp=config.context_parallel_size > 1)
     model = EndPromptGPTModel(
