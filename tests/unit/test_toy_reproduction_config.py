@@ -205,6 +205,7 @@ def trained(toy, monkeypatch) -> list[str]:
         names.append(name)
         ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
         ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "checkpoint_complete").touch()  # a committed checkpoint, as training leaves it
         return ckpt
 
     monkeypatch.setattr(toy.demo, "run_training", fake_run_training)

@@ -32,6 +32,7 @@ def fakes(toy, monkeypatch) -> set[str]:
         ckpt = Path(spec["checkpoint"]["save"]) / "iter_0000001"
         ckpt.mkdir(parents=True, exist_ok=True)
         (ckpt / "ran").write_text(f"{os.getpid()} {start} {time.time()}")
+        (ckpt / "checkpoint_complete").touch()  # a committed checkpoint, as training leaves it
         return ckpt
 
     def fake_evaluate(backend, tok, **request):
