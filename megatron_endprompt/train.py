@@ -18,6 +18,7 @@ import os
 import sys
 
 from megatron_endprompt.training.config import TrainConfig, load_config
+from megatron_endprompt.warnings_filter import quiet_upstream_warnings
 
 EXIT_CONFIG = 2
 EXIT_NONFINITE = 3
@@ -61,6 +62,7 @@ def _dry_run(cfg: TrainConfig, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    quiet_upstream_warnings()  # before megatron.core is imported: it warns while importing
     _setup_logging()
     try:
         cfg = load_config(args.config, overrides)

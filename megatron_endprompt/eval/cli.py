@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from megatron_endprompt.eval.tasks import DEFAULT_DEPTHS  # not runner: --help must not import torch
+from megatron_endprompt.warnings_filter import quiet_upstream_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def check_layout(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_upstream_warnings()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)

@@ -23,9 +23,14 @@ def layer_spec(use_te: bool | None = None, cp: bool = False) -> ModuleSpec:
     use_te: None picks Transformer Engine when usable (`te_choice.resolve_use_te`); True requires it. cp:
     context parallelism is wanted (our SDPA attention handles it on the local path; TE's attention natively).
     """
+    return _layer_spec(resolve_use_te(use_te), cp)
+
+
+def _layer_spec(te: bool, cp: bool) -> ModuleSpec:
+    """`layer_spec` once the TE choice is made (block_spec resolves it once, so it is logged once)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
-    if resolve_use_te(use_te):
+    if te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
@@ -44,7 +49,7 @@ def block_spec(config, vp_stage: int | None = None, use_te: bool | None = None, 
     )
 
     use_te = resolve_use_te(use_te)
-    layer = layer_spec(use_te=use_te, cp=cp)
+    layer = _layer_spec(use_te, cp)
     if use_te:
         return layer
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
