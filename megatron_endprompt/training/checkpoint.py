@@ -52,6 +52,7 @@ from megatron_endprompt.training.checkpoint_io import (
     verify_checkpoint,
 )
 from megatron_endprompt.training.checkpoint_manifest import CorruptCheckpointError
+from megatron_endprompt.training.config import ARCHITECTURE_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,6 @@ OPTIMIZER_DIR = "optimizer"
 RNG_DIR = "rng"
 DIST_OPT_SHARDING = "dp_reshardable"
 """The only DistributedOptimizer format that saved and loaded on megatron-core 0.16.1 (see MEGATRON_CORE_NOTES)."""
-_SHAPE_FIELDS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
-    "kv_channels", "tie_word_embeddings",
-)  # fmt: skip
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_latest", "resolve_checkpoint_dir"]
 
@@ -429,7 +426,7 @@ def _check_model_config(current: ModelConfig, path: Path) -> None:
     saved = ModelConfig.from_dict(_read_json(file))
     diff = {
         k: (getattr(saved, k), getattr(current, k))
-        for k in _SHAPE_FIELDS
+        for k in ARCHITECTURE_FIELDS
         if getattr(saved, k) != getattr(current, k)
     }
     if diff:

@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG_FILE = "endprompt_model.json"
 """Name of the ModelConfig JSON stored in every Megatron checkpoint dir (written by convert / save_checkpoint)."""
 
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
+    "kv_channels", "tie_word_embeddings",
+)  # fmt: skip
+"""ModelConfig fields that fix the weight shapes: a checkpoint loads only into a model that agrees on all of them
+(RoPE / position fields may differ: context extension changes them on purpose)."""
+
 
 @dataclass
 class ModelSection:
@@ -34,7 +41,8 @@ class ModelSection:
 
     preset: str | None = None
     """Preset name from `model.config.PRESETS` (e.g. `llama3-8b`, `tiny`). None: read `config_file`, or the
-    `endprompt_model.json` of `checkpoint.init_from` / `checkpoint.load`."""
+    `endprompt_model.json` of `checkpoint.init_from` / `checkpoint.load`. A recipe's preset (or config_file) gives
+    way to the `checkpoint.init_from` model's unless given on the command line."""
     config_file: str | None = None
     """Path to an `endprompt_model.json` (ModelConfig.to_dict()); an alternative to `preset`."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -394,7 +402,36 @@ def load_config(yaml_path: str | os.PathLike | None, overrides: list[str] | None
 
     raw = read_recipe(yaml_path) if yaml_path is not None else {}
     apply_overrides(raw, overrides or [])
+    on_command_line: dict[str, Any] = {}
+    apply_overrides(on_command_line, overrides or [])
+    _prefer_init_from_architecture(raw, on_command_line.get("model") or {})
     return from_dict(raw)
+
+
+def _prefer_init_from_architecture(raw: dict[str, Any], model_flags: dict[str, Any]) -> None:
+    """With `checkpoint.init_from` holding an endprompt_model.json, drop the recipe's `model.preset` /
+    `model.config_file` so the base model is the checkpoint's: a recipe's preset (e.g. `tiny`) rarely describes
+    the converted model, and the mismatch used to surface only as a vocab or shape error at load time. An
+    architecture given on the command line is kept (validation then names the flag if it disagrees); the recipe's
+    ModelConfig fields (`max_position_embeddings`, `rope_scaling`, ...) still apply on top."""
+    from megatron_endprompt.training.overrides import convert
+
+    init_from = convert((raw.get("checkpoint") or {}).get("init_from"), str | None, "--checkpoint.init_from")
+    model = raw.get("model")
+    if not init_from or not isinstance(model, dict) or not (Path(init_from) / MODEL_CONFIG_FILE).is_file():
+        return
+    explicit = {key.replace("-", "_") for key in model_flags}
+    for key in list(model):
+        name = key.replace("-", "_")
+        if name in ("preset", "config_file") and name not in explicit and model[key] is not None:
+            logger.info(
+                "model: architecture from %s (the recipe's model.%s %r is not used; give --model.%s to force it)",
+                Path(init_from) / MODEL_CONFIG_FILE,
+                name,
+                model[key],
+                name,
+            )
+            del model[key]
 
 
 def from_dict(raw: dict[str, Any]) -> TrainConfig:

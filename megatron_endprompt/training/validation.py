@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megatron_endprompt.model.te_choice import te_unusable_reason
@@ -36,6 +38,7 @@ def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
         _check_fp8,
         _check_schedule,
         _check_io,
+        _check_init_from_architecture,
     ):
         errors.extend(check(cfg, model))
     if check_environment:
@@ -306,6 +309,31 @@ def _check_io(cfg, model) -> list[str]:
         errs.append(f"--logging.peak_tflops must be > 0, got {lg.peak_tflops}")
     if not cfg.data.paths and not cfg.data.mock:
         errs.append("--data.paths is empty; give dataset prefixes (or --data.mock true for synthetic data)")
+    return errs
+
+
+def _check_init_from_architecture(cfg, model) -> list[str]:
+    """The weights of `--checkpoint.init_from` must fit the configured model; name the flag that disagrees."""
+    from megatron_endprompt.model.config import ModelConfig
+    from megatron_endprompt.training.config import ARCHITECTURE_FIELDS, MODEL_CONFIG_FILE
+
+    path = Path(cfg.checkpoint.init_from or "") / MODEL_CONFIG_FILE
+    if not cfg.checkpoint.init_from or not path.is_file():
+        return []  # a missing dir is reported when the weights are read
+    saved = ModelConfig.from_dict(json.loads(path.read_text()))
+    if cfg.model.preset is not None:
+        base_flag = f"--model.preset {cfg.model.preset}"
+    else:
+        base_flag = f"--model.config_file {cfg.model.config_file}" if cfg.model.config_file else "--model"
+    errs = []
+    for name in ARCHITECTURE_FIELDS:
+        mine, theirs = getattr(model, name), getattr(saved, name)
+        if mine != theirs:
+            flag = f"--model.{name}" if name in cfg.model.overrides else base_flag
+            errs.append(
+                f"{flag}: {name} = {mine}, but --checkpoint.init_from {cfg.checkpoint.init_from} was saved with "
+                f"{theirs}; drop {flag.split()[0]} to take the architecture from {path}"
+            )
     return errs
 
 
