@@ -30,7 +30,9 @@ def test_readme_names_the_usual_output_folders() -> None:
         assert any(p.startswith(folder) for p in outputs), (folder, outputs)
 
 
-@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"
+)
 def test_every_readme_output_is_ignored() -> None:
     paths = readme_outputs()
     prefix = next(p for p in paths if p.startswith("data/llama3_endprompt"))
@@ -44,6 +46,8 @@ def test_every_readme_output_is_ignored() -> None:
     assert not_ignored == [], not_ignored
     # The package's own data/ folder is code, not output.
     code = subprocess.run(
-        ["git", "check-ignore", "--no-index", "-q", "megatron_endprompt/data/builder.py"], cwd=REPO, check=False
+        ["git", "check-ignore", "--no-index", "-q", "megatron_endprompt/data/builder.py"],
+        cwd=REPO,
+        check=False,
     )
     assert code.returncode == 1
