@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     io.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     io.add_argument("--append-eod", action="store_true", help="append the EOD token after each document")
+    io.add_argument(
+        "--prepend-bos",
+        action="store_true",
+        help="put the BOS token before each document (default off; Llama-3 continued pretraining expects it)",
+    )
     sc = p.add_argument_group("samples and positions")
     sc.add_argument(
         "--scheme",
@@ -112,6 +117,7 @@ def _config(args: argparse.Namespace):
         cues=cues,
         packing=args.packing,
         append_eod=args.append_eod,
+        prepend_bos=args.prepend_bos,
         seed=args.seed,
         workers=args.workers,
         strict=args.strict,

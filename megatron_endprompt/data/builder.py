@@ -61,6 +61,10 @@ class BuildConfig:
     sample (--packing)."""
     append_eod: bool = False
     """Append the tokenizer's EOD after each document (--append-eod)."""
+    prepend_bos: bool = False
+    """Put the tokenizer's BOS before each document (--prepend-bos; off by default). Llama-3 and Llama-2 saw a BOS
+    at the start of every pretraining document, so continued pretraining of them wants it; a tokenizer without a
+    BOS token is refused."""
     seed: int = 1234
     """Seed of all randomness (--seed): cue choice, random placement, PoSE chunks and biases."""
     workers: int = 1
@@ -143,10 +147,16 @@ def _init_worker(*args) -> None:
 
 
 def _setup_tokenizer(
-    tokenizer_type: str, tokenizer_model: str, keys: list[str], append_eod: bool, max_chars: int
+    tokenizer_type: str,
+    tokenizer_model: str,
+    keys: list[str],
+    append_eod: bool,
+    prepend_bos: bool,
+    max_chars: int,
 ) -> None:
     tok = load_tokenizer(tokenizer_type, tokenizer_model)
-    _WORKER.update(tok=tok, keys=keys, eod=tok.eod if append_eod else None, max_chars=max_chars)
+    eod, bos = tok.eod if append_eod else None, tok.bos if prepend_bos else None
+    _WORKER.update(tok=tok, keys=keys, eod=eod, bos=bos, max_chars=max_chars)
 
 
 def _tokenize_batch(batch: list[corpus.RawDoc]) -> list[tuple[str | None, np.ndarray | None, int]]:
@@ -159,6 +169,8 @@ def _tokenize_batch(batch: list[corpus.RawDoc]) -> list[tuple[str | None, np.nda
             out.append((reason, None, 0))
             continue
         ids = encode_in_pieces(tok, text, _WORKER["max_chars"])
+        if _WORKER["bos"] is not None:
+            ids = np.concatenate([np.asarray([_WORKER["bos"]], dtype=ids.dtype), ids])
         if eod is not None:
             ids = np.append(ids, np.int32(eod))
         out.append((None, ids, len(text)))
@@ -179,7 +191,8 @@ def _batches(docs: Iterator[corpus.RawDoc], size: int) -> Iterator[list[corpus.R
 def tokenized_documents(cfg: BuildConfig, files: list[str]) -> Iterator[tuple[corpus.RawDoc, tuple]]:
     """(raw doc, (reason, tokens, n_chars)) in input order; at most 4 x workers batches in flight."""
     init_args = (
-        cfg.tokenizer_type, cfg.tokenizer_model, list(cfg.json_keys), cfg.append_eod, cfg.max_chars_per_encode
+        cfg.tokenizer_type, cfg.tokenizer_model, list(cfg.json_keys), cfg.append_eod, cfg.prepend_bos,
+        cfg.max_chars_per_encode,
     )  # fmt: skip
     batches = _batches(corpus.iter_documents(files, cfg.json_keys), cfg.batch_docs)
     if cfg.workers == 1:
@@ -264,6 +277,11 @@ def build(cfg: BuildConfig) -> dict:
     cfg.validate()
     files = corpus.expand_inputs(cfg.input)
     tok = load_tokenizer(cfg.tokenizer_type, cfg.tokenizer_model)
+    if cfg.prepend_bos and tok.bos is None:
+        raise ValueError(
+            f"--prepend-bos: the tokenizer {cfg.tokenizer_model} has no BOS token; drop --prepend-bos "
+            "(or use the model's own tokenizer)"
+        )
     cue_ids = resolve_cues(cfg.cues, tok)
     cfg.scheme.validate(max_cue_length=max(len(c) for c in cue_ids) if cue_ids else None)
     dtype = token_dtype(tok.vocab_size)

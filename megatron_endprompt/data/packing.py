@@ -1,7 +1,7 @@
 """Forming fixed-length samples from tokenised documents (the builder's --packing modes).
 
-concat:   documents (each followed by EOD with --append-eod) form one token stream; sample i takes the next
-          `text_length_i` tokens of it. The stream's tail shorter than a sample is dropped (counted).
+concat:   documents (each preceded by BOS with --prepend-bos, followed by EOD with --append-eod) form one token
+          stream; sample i takes the next `text_length_i` tokens of it. The stream's tail shorter than a sample is dropped (counted).
 document: one document per sample; its first `text_length_i` tokens are used (the rest counted as truncated) and a
           document shorter than that is skipped with reason "too_short".
 aligned:  like concat, but every sample starts at a document start: whole documents fill the sample and the one
