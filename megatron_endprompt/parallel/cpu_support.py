@@ -21,6 +21,13 @@ recompute and schedule; pipeline p2p paths in tests/distributed/test_cp_attentio
 3. Type checks `param.type() == 'torch.cuda.FloatTensor'` and `Tensor.cuda()` inside a fixed list of
    functions (`_TYPE_CHECKED`): while those functions run, `Tensor.type()` without arguments reports CPU
    tensors under their CUDA names and `Tensor.cuda()` returns the tensor itself.
+4. Transformer Engine installed without a CUDA device (a CPU login node, the NGC image without a driver):
+   megatron-core chose TE's fused Adam and multi-tensor kernels when it imported TE (`optimizer/__init__.py`,
+   `optimizer/optimizer.py`, `optimizer/clip_grads.py`, `optimizer/distrib_optimizer.py`) and TE's norm as a
+   block's default final norm (`transformer/transformer_block.py`, `LayerNormImpl`); they need CUDA.
+   Their module-level choices are set to what megatron picks without TE: torch AdamW / Adam, megatron's
+   local multi-tensor implementations and its torch norm (logged once). The layer spec follows the same rule
+   (`model.te_choice`: TE only when importable AND a CUDA device is present).
 """
 
 from __future__ import annotations
@@ -247,6 +254,41 @@ def _rebind_imported(original, replacement) -> None:
                 setattr(module, attr, replacement)
 
 
+# ---------------------------------------------------------------- Transformer Engine without CUDA
+
+
+def _fall_back_from_transformer_engine() -> bool:
+    """Rebind megatron's optimizer modules from TE's CUDA kernels to torch / megatron's local ones.
+
+    Returns True when something was rebound (TE was importable), False when megatron already uses torch.
+    """
+    from megatron.core import optimizer as mopt
+    from megatron.core import utils as mutils
+    from megatron.core.optimizer import clip_grads, distrib_optimizer
+    from megatron.core.optimizer import optimizer as mopt_optimizer
+    from megatron.core.transformer import transformer_block
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    if mopt.USING_PYTORCH_OPTIMIZER and not transformer_block.HAVE_TE:
+        return False
+    # The final norm of a TransformerBlock built from a layer spec (e.g. an upstream GPTModel): TENorm.
+    transformer_block.LayerNormImpl = WrappedTorchNorm
+    mopt.Adam, mopt.SGD, mopt.USING_PYTORCH_OPTIMIZER = torch.optim.AdamW, torch.optim.SGD, True
+    distrib_optimizer.Adam = torch.optim.Adam
+    distrib_optimizer.HAVE_APEX_OR_TE = False
+    distrib_optimizer.USING_TE_OPTIMIZER = distrib_optimizer.USING_APEX_OPTIMIZER = False
+    mopt_optimizer.multi_tensor_applier = mutils.local_multi_tensor_applier
+    mopt_optimizer.multi_tensor_scale_impl = mutils.local_multi_tensor_scale
+    clip_grads.multi_tensor_applier = mutils.local_multi_tensor_applier
+    clip_grads.l2_norm_impl = mutils.local_multi_tensor_l2_norm
+    clip_grads.multi_tensor_scale_impl = mutils.local_multi_tensor_scale
+    logger.info(
+        "optimizer: torch AdamW and megatron's local multi-tensor kernels (Transformer Engine is installed, "
+        "but its fused Adam needs a CUDA device)"
+    )
+    return True
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -263,6 +305,7 @@ def apply() -> bool:
             module.torch = _TorchProxy()
     _patch_rng()
     _patch_type_checks()
+    _fall_back_from_transformer_engine()
     _APPLIED = True
     logger.debug("megatron-core CPU support applied")
     return True

@@ -21,12 +21,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(worker: Path, out: Path, timeout: int) -> list[dict]:
-    """Run `worker` on 2 CPU ranks; fail with the processes' output or the rank's traceback."""
+def run_two_ranks(worker: Path, out: Path, timeout: int, *args: str) -> list[dict]:
+    """Run `worker OUT *args` on 2 CPU ranks; fail with the processes' output or the rank's traceback."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(worker), str(out)]  # fmt: skip
+           "--master_port", str(free_port()), str(worker), str(out), *map(str, args)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
