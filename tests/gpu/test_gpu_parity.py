@@ -76,7 +76,7 @@ def test_bf16_logits_match_hf(hf_dir: Path, ours, backend: str) -> None:
     ids, pos = _batch()
     truth = _hf_logits(hf_dir, torch.float32, ids, pos)
     hf_bf16 = _hf_logits(hf_dir, torch.bfloat16, ids, pos)
-    with torch.no_grad(), sdpa_backend(backend):
+    with torch.no_grad(), sdpa_backend(backend, torch.device("cuda")):
         got = ours(ids, pos)
     assert got.shape == truth.shape
     hf_err, our_err = _rel_err(hf_bf16, truth), _rel_err(got, truth)
