@@ -468,6 +468,8 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
         "the general corpus.",
         "Rows: `base` (no scaling), `yarn_only` (YaRN, no fine-tuning), `extended` (YaRN + EndPrompt).",
         "",
+        _cell_sizes(runs, dc),
+        "",
     ]
     for task in EVAL_TASKS:
         lines += [f"## {task} (accuracy %, by prompt length in tokens)", "", comparison_table(runs, task), ""]
@@ -490,40 +492,59 @@ def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str
     ]
     path = out / "results.md"
     path.write_text("\n".join(lines))
-    plot_results(runs, out / "results.png")
+    plot_results(runs, out / "results.png", dc, info["fast"])
     return path
 
 
-def plot_results(runs: dict[str, dict], path: Path) -> Path:
-    """One panel per task (accuracy) and one for perplexity, against length; one line per model."""
+def _cell_sizes(runs: dict[str, dict], dc: dict) -> str:
+    """How many prompts / windows each table cell averages (the precision of a cell depends on it)."""
+    depths = len(dc["eval_depths"])
+    windows = sorted({p["windows"] for r in runs.values() for p in (r.get("perplexity") or {}).values()})
+    span = "-".join(str(w) for w in sorted({windows[0], windows[-1]})) if windows else "0"
+    return (
+        f"Each accuracy cell averages {dc['eval_samples'] * depths} prompts ({dc['eval_samples']} per needle "
+        f"depth x {depths} depths); each perplexity cell averages {span} held-out windows of that length."
+    )
+
+
+def plot_results(runs: dict[str, dict], path: Path, dc: dict, fast: bool) -> Path:
+    """One panel per task (accuracy) and one for perplexity, against length; one line per model, the training
+    window P0 and the target T marked; a --fast run's figure says that its numbers mean nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from megatron_endprompt.eval.plots import length_axis, series_style
+
+    window, target = dc["base_length"], dc["base_length"] * dc["factor"]
     fig, axes = plt.subplots(
-        1, len(EVAL_TASKS) + 1, figsize=(4.5 * (len(EVAL_TASKS) + 1), 3.6), squeeze=False
+        1, len(EVAL_TASKS) + 1, figsize=(4.8 * (len(EVAL_TASKS) + 1), 4.2), squeeze=False
     )
-    ax = axes[0][-1]
-    for label, res in runs.items():
-        row = sorted((int(n), v["ppl"]) for n, v in (res.get("perplexity") or {}).items())
-        ax.plot([n for n, _ in row], [v for _, v in row], marker="o", label=label)
-    ax.set(
-        xscale="log", yscale="log", title="held-out perplexity", xlabel="window (tokens)", ylabel="perplexity"
-    )
-    ax.set_xscale("log", base=2)
-    ax.grid(alpha=0.3)
-    for ax, task in zip(axes[0], EVAL_TASKS, strict=False):
-        for label, res in runs.items():
-            row = sorted((int(n), v) for n, v in res["results"][task].items())
-            ax.plot([n for n, _ in row], [v for _, v in row], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-5, 105)
-        ax.set_title(task)
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel("accuracy (%)")
+    panels = [(task, "accuracy (%)") for task in EVAL_TASKS] + [("perplexity", "held-out perplexity")]
+    for ax, (task, ylabel) in zip(axes[0], panels, strict=True):
+        lengths: set[int] = set()
+        for i, (label, res) in enumerate(runs.items()):
+            if task == "perplexity":
+                row = sorted((int(n), v["ppl"]) for n, v in (res.get("perplexity") or {}).items())
+            else:
+                row = sorted((int(n), v) for n, v in res["results"][task].items())
+            ax.plot([n for n, _ in row], [v for _, v in row], label=label, **series_style(i, len(runs)))
+            lengths.update(n for n, _ in row)
+        length_axis(ax, lengths, window, target, "window (tokens)" if task == "perplexity" else None)
+        if task == "perplexity":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter("{x:g}")  # plain numbers, not 6 x 10^0
+            ax.yaxis.set_minor_formatter("{x:g}")
+        else:
+            ax.set_ylim(-5, 105)
+        ax.set(title=task, ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+    axes[0][0].legend(fontsize=8)
+    caption = "Coinciding lines are drawn over each other (hollow markers of decreasing size)."
+    if fast:
+        caption = "--fast: a pipeline check with tiny models; these numbers are NOT meaningful. " + caption
+    fig.suptitle(caption, fontsize=10, color="firebrick" if fast else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -236,6 +236,8 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from megatron_endprompt.eval.plots import length_axis, series_style
+
     cfg, rows = results["config"], results["rows"]
     tasks = report_tasks(cfg)
     ncols = min(2, len(tasks))
@@ -243,33 +245,38 @@ def plot(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.2 * nrows), squeeze=False)
     for ax in axes.flat[len(tasks) :]:
         ax.set_visible(False)
+    window, target = cfg["base_length"], cfg["base_length"] * cfg["factor"]
     for ax, task in zip(axes.flat, tasks, strict=False):
-        for name, row in rows.items():
+        for i, (name, row) in enumerate(rows.items()):
             stats = [score(row, task, n) for n in cfg["eval_lengths"]]
             ax.errorbar(
                 cfg["eval_lengths"],
                 [m for m, _ in stats],
                 yerr=[s for _, s in stats],
-                marker="o",
                 capsize=3,
                 label=row_label(name, cfg),
-                linestyle="--" if name in ("base", "pi_only") else "-",
+                **series_style(i, len(rows)),
             )
-        ax.axvline(cfg["base_length"], color="grey", linewidth=0.8)
-        ax.set_xscale("log", base=2)
+        length_axis(ax, cfg["eval_lengths"], window, target, "prompt length (tokens)")
         if task.endswith(NLL_SUFFIX):
             ax.axhline(2.303, color="grey", linestyle=":", linewidth=0.8)  # ln 10: a uniform guess per digit
             ax.set_ylabel("answer NLL (nats/token; lower is better)")
         elif task.startswith("perplexity"):
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter("{x:g}")  # plain numbers, not 10^0
+            ax.yaxis.set_minor_formatter("{x:g}")
             ax.set_ylabel("held-out perplexity" + (" (last quarter)" if task.endswith("tail") else ""))
         else:
             ax.set_ylim(-5, 105)
             ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{task} (P0 = {cfg['base_length']}, T = {cfg['base_length'] * cfg['factor']})")
-        ax.set_xlabel("prompt length (tokens)")
+        ax.set_title(f"{task} (P0 = {window}, T = {target})")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
+    fig.suptitle(
+        "Mean over seeds, bars: std over seeds. Coinciding lines are drawn over each other (hollow markers of "
+        "decreasing size).",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -48,6 +48,8 @@ def test_demo_fast_end_to_end(tmp_path: Path) -> None:
     assert warmup and all("The pass key is" in line for line in warmup)
     report = (tmp_path / "results.md").read_text()
     assert "| extended |" in report and "## passkey" in report
+    # the fast preset: 1 prompt per depth, 1 depth; perplexity windows as measured
+    assert "Each accuracy cell averages 1 prompts (1 per needle depth x 1 depths)" in report
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the EndPrompt samples are P0 = 256 tokens whose cue ("End.") sits at the end of T = 2048
     from megatron_endprompt.data import load_samples
