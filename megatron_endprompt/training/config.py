@@ -41,8 +41,8 @@ class ModelSection:
 
     preset: str | None = None
     """Preset name from `model.config.PRESETS` (e.g. `llama3-8b`, `tiny`). None: read `config_file`, or the
-    `endprompt_model.json` of `checkpoint.init_from` / `checkpoint.load`. A recipe's preset (or config_file) gives
-    way to the `checkpoint.init_from` model's unless given on the command line."""
+    `endprompt_model.json` of `checkpoint.init_from` / `checkpoint.load`. A `--checkpoint.init_from` given on the
+    command line overrides the recipe's preset (or config_file) with the checkpoint's architecture."""
     config_file: str | None = None
     """Path to an `endprompt_model.json` (ModelConfig.to_dict()); an alternative to `preset`."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -404,23 +404,25 @@ def load_config(yaml_path: str | os.PathLike | None, overrides: list[str] | None
     apply_overrides(raw, overrides or [])
     on_command_line: dict[str, Any] = {}
     apply_overrides(on_command_line, overrides or [])
-    _prefer_init_from_architecture(raw, on_command_line.get("model") or {})
+    _prefer_init_from_architecture(raw, on_command_line)
     return from_dict(raw)
 
 
-def _prefer_init_from_architecture(raw: dict[str, Any], model_flags: dict[str, Any]) -> None:
-    """With `checkpoint.init_from` holding an endprompt_model.json, drop the recipe's `model.preset` /
-    `model.config_file` so the base model is the checkpoint's: a recipe's preset (e.g. `tiny`) rarely describes
-    the converted model, and the mismatch used to surface only as a vocab or shape error at load time. An
-    architecture given on the command line is kept (validation then names the flag if it disagrees); the recipe's
-    ModelConfig fields (`max_position_embeddings`, `rope_scaling`, ...) still apply on top."""
+def _prefer_init_from_architecture(raw: dict[str, Any], on_command_line: dict[str, Any]) -> None:
+    """`--checkpoint.init_from DIR` on the command line, DIR holding an endprompt_model.json, and no
+    `--model.preset` / `--model.config_file` there: drop the recipe's preset / config file so the base model is
+    the checkpoint's. A recipe's preset (e.g. `tiny_cpu.yaml`'s `tiny`) rarely describes a checkpoint named at
+    launch, and the mismatch used to surface only as a vocab or shape error at load time. A recipe that sets both
+    init_from and a preset itself keeps its preset (its author states that they agree; validation checks it); the
+    recipe's ModelConfig fields (`max_position_embeddings`, `rope_scaling`, ...) still apply on top."""
     from megatron_endprompt.training.overrides import convert
 
-    init_from = convert((raw.get("checkpoint") or {}).get("init_from"), str | None, "--checkpoint.init_from")
+    init_from = (on_command_line.get("checkpoint") or {}).get("init_from")
+    init_from = convert(init_from, str | None, "--checkpoint.init_from")
     model = raw.get("model")
     if not init_from or not isinstance(model, dict) or not (Path(init_from) / MODEL_CONFIG_FILE).is_file():
         return
-    explicit = {key.replace("-", "_") for key in model_flags}
+    explicit = {key.replace("-", "_") for key in on_command_line.get("model") or {}}
     for key in list(model):
         name = key.replace("-", "_")
         if name in ("preset", "config_file") and name not in explicit and model[key] is not None:

@@ -38,10 +38,10 @@ def validate_config(cfg: TrainConfig, check_environment: bool = True) -> None:
         _check_fp8,
         _check_schedule,
         _check_io,
-        _check_init_from_architecture,
     ):
         errors.extend(check(cfg, model))
-    if check_environment:
+    if check_environment:  # files on this machine: a dry run elsewhere may not have the checkpoint
+        errors.extend(_check_init_from_architecture(cfg, model))
         errors.extend(environment_problems(cfg))
     if errors:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))

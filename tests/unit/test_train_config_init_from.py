@@ -62,8 +62,20 @@ def test_explicit_model_field_that_disagrees_names_that_field(converted) -> None
 
 def test_train_cli_exits_2_naming_the_flag(converted) -> None:
     cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", TINY]
-    cmd += ["--checkpoint.init_from", str(converted), "--model.preset", "tiny", "--dry-run"]
+    cmd += ["--checkpoint.init_from", str(converted), "--model.preset", "tiny"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "--model.preset tiny: num_layers = 2" in proc.stderr
+
+
+def test_recipe_that_sets_both_keeps_its_preset_and_is_checked(converted, tmp_path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: {TINY}\ncheckpoint:\n  init_from: {converted}\n")
+    cfg = load_config(str(recipe), [])
+    assert cfg.model.preset == "tiny"
+    cfg.validate(1, check_environment=False)  # a dry run elsewhere need not have the checkpoint
+    with pytest.raises(
+        ConfigError, match=r"--model\.preset tiny: num_layers = 2, but --checkpoint\.init_from"
+    ):
+        cfg.validate(1)
