@@ -139,3 +139,21 @@ def test_checkpoint_lacking_a_weight_names_the_dir(tmp_path) -> None:
             {"w": ShardedTensor.from_rank_offsets("w", torch.zeros(4))}, tmp_path
         )
     assert torch.equal(state["w"], torch.ones(4))
+
+
+def test_absent_extra_state_is_skipped(tmp_path) -> None:
+    """A `_extra_state` object the checkpoint lacks (megatron's own load raises 'Missing key') is skipped."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
+
+    from megatron_endprompt.convert.megatron_io import cpu_safe_checkpointing
+
+    key = "decoder.final_layernorm._extra_state"
+    with cpu_safe_checkpointing():
+        dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", torch.ones(4))}, str(tmp_path))
+        wanted = {
+            "w": ShardedTensor.from_rank_offsets("w", torch.zeros(4)),
+            key: ShardedObject(key, None, (1,), (0,), replica_id=0),
+        }
+        state = load_sharded_model_state(wanted, tmp_path)
+    assert torch.equal(state["w"], torch.ones(4)) and key not in state
