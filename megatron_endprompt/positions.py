@@ -24,6 +24,9 @@ Role = Literal["text", "cue"]
 ROLES: tuple[str, ...] = ("text", "cue")
 SCHEMES: tuple[str, ...] = ("contiguous", "endprompt", "endprompt-tail", "pose", "endprompt-pose")
 PLACEMENTS: tuple[str, ...] = ("fixed", "random")
+TAIL_SOURCES: tuple[str, ...] = ("sample", "document")
+"""Where endprompt-tail's K terminal tokens come from: the sample's own last K tokens, or (the released collator)
+the last K tokens of the document that fills the sample, its middle skipped (builder --tail-source)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ def validate(
     max_cue_length: int | None = None,
     pose_chunks: int = 2,
     placement: str = "fixed",
+    tail_source: str = "sample",
 ) -> None:
     """Reject impossible settings before any work; messages name the flag to fix.
 
@@ -98,6 +102,10 @@ def validate(
     """
     if scheme not in SCHEMES:
         raise ValueError(f"--scheme must be one of {SCHEMES}, got {scheme!r}")
+    if tail_source not in TAIL_SOURCES:
+        raise ValueError(f"--tail-source must be one of {TAIL_SOURCES}, got {tail_source!r}")
+    if tail_source != "sample" and scheme != "endprompt-tail":
+        raise ValueError(f"--tail-source {tail_source} applies to --scheme endprompt-tail only, not {scheme}")
     if scheme == "contiguous":
         _check_p(seq_length)
         if target_length < seq_length:
@@ -131,7 +139,13 @@ def contiguous(seq_length: int) -> list[Segment]:
 
 
 def endprompt(seq_length: int, target_length: int, cue_length: int) -> list[Segment]:
-    """Paper scheme: text a = P - b tokens at [0, a-1], then the b-token cue at [T-b, T-1] (eq. 5)."""
+    """Paper scheme: text a = P - b tokens at [0, a-1], then the b-token cue at [T-b, T-1] (eq. 5).
+
+    Which predictions cross the jump: the first cue token is predicted at the last text position a-1, which
+    attends only to text at positions <= a-1, so that prediction is short-range. Only the b-1 predictions made
+    FROM cue positions T-b .. T-2 attend back across the jump to the text. A one-token cue (`@token:<eot>`)
+    therefore gives no long-range gradient at all; the paper's main numbers equal its EP_1 row (one sentence cue).
+    """
     _check_jump(seq_length, target_length)
     _check_terminal(seq_length, cue_length, "the --cue length (tokens)")
     text = seq_length - cue_length
@@ -145,10 +159,13 @@ def endprompt_tail(
     placement: str = "fixed",
     rng: np.random.Generator | None = None,
 ) -> list[Segment]:
-    """Released-code scheme: P text tokens whose own last K tokens are moved to the end of the target window.
+    """Released-code scheme: P text tokens, the last K of them at the end of the target window.
 
     fixed: terminal positions [T-K, T-1] (the released "pose_fixed_split" with final position T-1).
     random: terminal start s ~ U{P-K, ..., T-K} per sample (s = P-K means no jump). Every token keeps weight 1.
+    Which K tokens they are (the sample's own last K, or the document's last K with its middle skipped) is the
+    packer's choice (`SchemeConfig.tail_source`); the positions are the same. The predictions made from the K
+    terminal positions (the first terminal token is predicted from position P-K-1, short-range) cross the jump.
     """
     _check_jump(seq_length, target_length)
     _check_terminal(seq_length, terminal_length, "--terminal-length (K)")
@@ -240,8 +257,10 @@ def loss_weights(segments: Sequence[Segment], cue_loss_weight: float) -> np.ndar
     """Per-position loss weights (float32) aligned with the labels: weights[j] weighs the prediction of token j+1.
 
     A prediction whose target is a cue token gets `cue_loss_weight` (paper eq. 11: "prompt-token losses are
-    assigned a smaller but nonzero weight"); this includes the jump from the last text token to the first cue
-    token. A text target gets 1.0. The last position has no target inside the sample and gets 0.
+    assigned a smaller but nonzero weight"); this includes the prediction of the first cue token, which is made
+    at the last text position (a-1) and does not cross the jump: it sees only text at positions <= a-1. The b-1
+    predictions made from cue positions are the ones that attend across the jump. A text target gets 1.0. The
+    last position has no target inside the sample and gets 0.
     """
     if cue_loss_weight < 0:
         raise ValueError(f"--cue-loss-weight must be >= 0, got {cue_loss_weight}")
@@ -276,6 +295,10 @@ class SchemeConfig:
     """endprompt-tail terminal placement, fixed or random (--placement)."""
     pose_chunks: int = 2
     """N, PoSE chunks for pose and endprompt-pose (--pose-chunks)."""
+    tail_source: str = "sample"
+    """endprompt-tail: `sample` (the sample's own last K tokens) or `document` (the released collator: the
+    document's first P-K tokens + its last K, middle skipped, jumping only when it is longer than its room)
+    (--tail-source)."""
 
     @property
     def uses_cue(self) -> bool:
@@ -292,6 +315,7 @@ class SchemeConfig:
             max_cue_length=max_cue_length,
             pose_chunks=self.pose_chunks,
             placement=self.placement,
+            tail_source=self.tail_source,
         )
 
     def text_length(self, cue_length: int = 0) -> int:

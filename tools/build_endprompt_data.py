@@ -59,6 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sc.add_argument(
         "--placement", choices=["fixed", "random"], default="fixed", help="endprompt-tail placement"
     )
+    sc.add_argument(
+        "--tail-source",
+        choices=["sample", "document"],
+        default="sample",
+        help="endprompt-tail: the sample's own last K tokens (sample), or the released collator's: the document's "
+        "last K tokens after the sample's first P-K, its middle skipped, jumping only when the document is longer "
+        "than its room (document; needs --packing aligned or document)",
+    )
     sc.add_argument("--pose-chunks", type=int, default=2, help="N chunks for pose / endprompt-pose")
     sc.add_argument(
         "--packing",
@@ -106,6 +114,7 @@ def _config(args: argparse.Namespace):
         terminal_length=args.terminal_length,
         placement=args.placement,
         pose_chunks=args.pose_chunks,
+        tail_source=args.tail_source,
     )
     return BuildConfig(
         input=args.input,

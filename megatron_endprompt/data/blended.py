@@ -54,11 +54,13 @@ class EndPromptMegatronDataset(MegatronDataset):
         return ["random_seed", "sequence_length", "split", "split_matrix", "cue_loss_weight"]
 
     def _shuffled_order(self) -> np.ndarray:
-        """Positions into self.indices: one permutation per epoch, seeded by (seed, split, prefix identity, epoch).
+        """Positions into self.indices: one shuffle per epoch, repeated when num_samples asks for more.
 
-        The prefix's identity is its file name and size, not its full path: the same data moved or copied
-        elsewhere (another --out, another node's mount) is read in the same order, so a seed reproduces a run
-        wherever its data lies; differently named prefixes of one blend still get different orders.
+        With the builder's source record (meta.json `source`, `<prefix>.origin.npy`) the shuffle is keyed by
+        (seed, split, source corpus, epoch) and each sample by the (document, token offset) it starts at: datasets
+        built from the same documents, whatever their scheme, read the samples that start at the same place in
+        the same relative order (`shared_order_keys`). Older prefixes keep their order, seeded by the prefix's
+        file name and size (not its directory: moved or copied data is read in the same order).
         """
         n = len(self.indices)
         total = n if self.num_samples is None else self.num_samples
@@ -68,12 +70,20 @@ class EndPromptMegatronDataset(MegatronDataset):
                     f"{self.dataset_path}: the {self.index_split.name} split is empty; adjust split"
                 )
             return np.zeros(0, dtype=np.int64)
-        prefix_key = zlib.crc32(f"{Path(self.dataset_path).name}:{len(self.dataset)}".encode())
+        origins = self.dataset.origins
+        source = self.dataset.meta.get("source")
         epochs = max(1, math.ceil(total / n))
         perms = []
         for epoch in range(epochs):
-            rng = np.random.default_rng([self.config.random_seed, self.index_split.value, prefix_key, epoch])
-            perms.append(rng.permutation(n))
+            if origins is not None and source is not None:
+                key = [self.config.random_seed, self.index_split.value, int(source["fingerprint"], 16), epoch]
+                perms.append(np.argsort(shared_order_keys(origins[self.indices], key), kind="stable"))
+            else:
+                prefix_key = zlib.crc32(f"{Path(self.dataset_path).name}:{len(self.dataset)}".encode())
+                rng = np.random.default_rng(
+                    [self.config.random_seed, self.index_split.value, prefix_key, epoch]
+                )
+                perms.append(rng.permutation(n))
         return np.concatenate(perms)[:total]
 
     def __len__(self) -> int:
@@ -81,6 +91,23 @@ class EndPromptMegatronDataset(MegatronDataset):
 
     def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
         return self.dataset[int(self.indices[self._order[idx]])]
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters neighbouring inputs."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shared_order_keys(origins: np.ndarray, key: Sequence[int]) -> np.ndarray:
+    """A pseudo-random uint64 sort key per sample from its (document, offset) origin and `key` (seed, split,
+    source fingerprint, epoch). A sample's key does not depend on the other samples of its dataset, so two
+    datasets of the same documents sort their common origins identically; ties (none in practice) keep order."""
+    base = np.uint64(np.random.default_rng([int(k) % 2**63 for k in key]).integers(0, 2**63))
+    with np.errstate(over="ignore"):
+        mixed = _mix64(origins[:, 0].astype(np.uint64) ^ base)
+        return _mix64(mixed ^ (origins[:, 1].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
 
 
 def build_train_valid_test(

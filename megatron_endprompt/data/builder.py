@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -34,7 +35,7 @@ from megatron_endprompt.positions import SchemeConfig
 
 logger = logging.getLogger(__name__)
 _CRASH_ENV = "MEGATRON_ENDPROMPT_TEST_CRASH_AFTER_SAMPLES"  # tests: SIGKILL the build after N samples
-OUTPUT_SUFFIXES = (".bin", ".seg", ".meta.json", ".idx")  # commit order: .idx last
+OUTPUT_SUFFIXES = (".bin", ".seg", ".origin.npy", ".meta.json", ".idx")  # commit order: .idx last
 
 
 @dataclass
@@ -50,7 +51,8 @@ class BuildConfig:
     tokenizer_model: str
     """A .model file, a tokenizer.json or a local directory (--tokenizer-model)."""
     scheme: SchemeConfig = field(default_factory=SchemeConfig)
-    """Position scheme (--scheme, --seq-length, --target-length, --terminal-length, --placement, --pose-chunks)."""
+    """Position scheme (--scheme, --seq-length, --target-length, --terminal-length, --placement, --pose-chunks,
+    --tail-source)."""
     json_keys: list[str] = field(default_factory=lambda: ["text"])
     """Keys (or parquet columns) holding the text (--json-keys); several are joined by a newline."""
     cues: list[str] = field(default_factory=list)
@@ -103,6 +105,11 @@ class BuildConfig:
         if self.cues and not self.scheme.uses_cue:
             raise ValueError(
                 f"--cue/--cue-file only apply to endprompt schemes, not --scheme {self.scheme.scheme}"
+            )
+        if self.scheme.tail_source == "document" and self.packing == "concat":
+            raise ValueError(
+                "--tail-source document needs --packing aligned or document (with concat the document that fills "
+                "a sample continues into the next one)"
             )
         # Every flag that does not depend on the cue's token count, before any tokenizer work.
         self.scheme.validate(max_cue_length=1 if self.scheme.uses_cue else None)
@@ -237,6 +244,18 @@ def _commit(tmp: dict[str, str], prefix: str) -> None:
         os.replace(tmp[suffix], f"{prefix}{suffix}")
 
 
+def source_fingerprint(cfg: BuildConfig, files: Sequence[str]) -> str:
+    """Identity of the source documents: input file names (not directories) and sizes, and the text keys.
+
+    Datasets built from the same documents (whatever their scheme, P, cues or tokenizer) share it; training
+    seeds its sample order with it (data/blended.py), so that such datasets are read in the same order.
+    """
+    parts = [f"{os.path.basename(f)}:{os.path.getsize(f)}" for f in files] + [
+        "keys:" + ",".join(cfg.json_keys)
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _meta(cfg: BuildConfig, files, tok, cue_ids, dtype, counts, seconds) -> dict:
     config = asdict(cfg)
     config.pop("progress")
@@ -247,6 +266,7 @@ def _meta(cfg: BuildConfig, files, tok, cue_ids, dtype, counts, seconds) -> dict
         "sidecar_version": SIDECAR_VERSION,
         "config": config,
         "input_files": files,
+        "source": {"fingerprint": source_fingerprint(cfg, files), "documents": counts["documents_read"]},
         "tokenizer": {
             "type": cfg.tokenizer_type,
             "model": cfg.tokenizer_model,
@@ -388,6 +408,8 @@ def _write_samples(cfg: BuildConfig, files, cue_ids, dtype, tmp) -> dict:
                     bin_f.flush()
                     os.kill(os.getpid(), signal.SIGKILL)
     sidecar.close()
+    with open(tmp[".origin.npy"], "wb") as f:  # a handle: np.save would append .npy to the temporary name
+        np.save(f, packer.origins())
     return {
         "documents_read": docs_read,
         "documents_used": docs_read - sum(skipped.values()),

@@ -54,6 +54,18 @@ def require_sidecar(prefix: str | os.PathLike) -> str:
     return path
 
 
+def _read_origins(prefix: str | os.PathLike, n: int) -> np.ndarray | None:
+    """<prefix>.origin.npy: (document ordinal, token offset) where each sample starts; None for prefixes built
+    before it existed (their training order then stays the old one, see data/blended.py)."""
+    path = Path(f"{prefix}.origin.npy")
+    if not path.is_file():
+        return None
+    origins = np.load(path, mmap_mode="r")
+    if origins.shape != (n, 2):
+        raise ValueError(f"{path}: shape {origins.shape} != ({n}, 2); rebuild the data")
+    return origins
+
+
 class EndPromptSamples(Sequence):
     """Samples of one built prefix; `ds[i]` -> dict of numpy arrays of length P."""
 
@@ -85,6 +97,7 @@ class EndPromptSamples(Sequence):
             if n
             else np.zeros((0, self.seq_length), dtype=index.dtype)
         )
+        self.origins = _read_origins(prefix, n)
 
     def __len__(self) -> int:
         return self.sidecar.num_samples

@@ -98,7 +98,9 @@ def test_single_prefix_one_epoch_is_a_permutation(process_group, prefixes):
 
 
 def test_the_order_does_not_depend_on_where_the_data_lies(process_group, prefixes, tmp_path):
-    """A seed reproduces a run wherever its data is (a copied --out, another mount); other names shuffle apart."""
+    """A seed reproduces a run wherever its data is (a copied --out, another mount, another name): the order is
+    keyed by the source corpus. A prefix built before the source record (no .origin.npy) keeps the old order,
+    keyed by its file name and size."""
     import shutil
     from pathlib import Path
 
@@ -108,12 +110,14 @@ def test_the_order_does_not_depend_on_where_the_data_lies(process_group, prefixe
     for f in src.parent.glob(src.name + ".*"):
         shutil.copy(f, tmp_path / f.name)
         shutil.copy(f, tmp_path / f.name.replace(src.name, "renamed", 1))
+        shutil.copy(f, tmp_path / f.name.replace(src.name, "old", 1))
+    (tmp_path / "old.origin.npy").unlink()
     orders = [
         _signature(build_train_valid_test([p], split="100,0,0", seed=1)[0])
-        for p in (str(src), str(tmp_path / src.name), str(tmp_path / "renamed"))
+        for p in (str(src), str(tmp_path / src.name), str(tmp_path / "renamed"), str(tmp_path / "old"))
     ]
-    assert orders[0] == orders[1]
-    assert orders[2] != orders[0] and sorted(orders[2]) == sorted(orders[0])
+    assert orders[0] == orders[1] == orders[2]
+    assert orders[3] != orders[0] and sorted(orders[3]) == sorted(orders[0])
 
 
 def test_batch_indices_layout():
