@@ -6,9 +6,9 @@ memory-efficient kernels on GPU. Upstream local attention also refuses context p
 supports it by all-gathering K/V over the CP group (backward reduce-scatters their gradients) and masking
 causally by GLOBAL token index under megatron's 2*cp chunk layout (rank r holds chunks r and 2cp-1-r).
 
-The SDPA backend can be forced (`--model.attention_backend`, stored on the TransformerConfig as
-`ep_sdpa_backend`): `auto` lets PyTorch choose, `cudnn` / `flash` / `efficient` / `math` pin one kernel through
-`torch.nn.attention.sdpa_kernel`. On CPU only `auto`, `math` and `flash` (PyTorch has a CPU flash kernel) exist;
+The SDPA backend can be forced (`--model.attention_backend`, the config field
+`EndPromptTransformerConfig.ep_sdpa_backend`): `auto` lets PyTorch choose, `cudnn` / `flash` / `efficient` /
+`math` pin one kernel through `torch.nn.attention.sdpa_kernel`. On CPU only `auto`, `math` and `flash` (PyTorch has a CPU flash kernel) exist;
 `cudnn` and `efficient` fall back to `auto` there with a logged note.
 """
 
@@ -23,8 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.nn.attention.bias import causal_lower_right
+
+from megatron_endprompt.model.transformer_config import EndPromptTransformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class SDPAttention(MegatronModule):
 
     def __init__(
         self,
-        config: TransformerConfig,
+        config: EndPromptTransformerConfig,
         layer_number: int,
         attn_mask_type: AttnMaskType,
         attention_type: str = "self",
@@ -186,8 +187,8 @@ class SDPAttention(MegatronModule):
 
     @property
     def backend(self) -> str:
-        """The SDPA backend asked for on the TransformerConfig (read per call: the engine may set it late)."""
-        return check_sdpa_backend(getattr(self.config, "ep_sdpa_backend", "auto") or "auto")
+        """The SDPA backend asked for in the config (read per call: the engine may set it late)."""
+        return check_sdpa_backend(self.config.ep_sdpa_backend)
 
     def _local(
         self, q, k, v, attention_mask, causal: bool, dropout: float, backend: str = "auto"

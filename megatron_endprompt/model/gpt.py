@@ -4,12 +4,13 @@
 (`position_embedding_type='none'`); `_preprocess` then builds RoPE angles [s, b, 1, d] from the explicit
 `position_ids` of every sample (see `rope.py`) and hands them to the decoder, where megatron's unfused RoPE
 applies them per sample and per token. YaRN's attention factor reaches the attention through megatron's own
-`yarn_*` TransformerConfig attributes (it multiplies cos/sin, as in HF).
+`yarn_*` config fields (it multiplies cos/sin, as in HF).
 
-Performance knobs travel as extra attributes on the TransformerConfig (set by `to_transformer_config`'s
-`sdpa_backend`, `rope_fusion` and `ce_chunk_size` arguments, or later by the engine): `ep_sdpa_backend` (read by
-`attention.SDPAttention`), `ep_rope_fusion` (read by `rope_fused.dispatch`) and `ep_ce_chunk_size` (read here:
-with labels, the output layer and the cross entropy run in chunks, see `chunked_ce.py`).
+The config is `EndPromptTransformerConfig` (transformer_config.py), megatron's TransformerConfig with typed fields
+for the performance knobs (set by `to_transformer_config`'s `sdpa_backend`, `rope_fusion` and `ce_chunk_size`
+arguments, or later by the engine through `set_performance_options`): `ep_sdpa_backend` (read by
+`attention.SDPAttention`), `ep_rope_fusion` (read by `rope_fused.FusedRopeSelfAttention`) and `ep_ce_chunk_size`
+(read here: with labels, the output layer and the cross entropy run in chunks, see `chunked_ce.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from megatron_endprompt.model.chunked_ce import chunked_cross_entropy
 from megatron_endprompt.model.config import ModelConfig
 from megatron_endprompt.model.rope import inv_freq_and_scaling, rope_freqs
 from megatron_endprompt.model.specs import block_spec
+from megatron_endprompt.model.transformer_config import EndPromptTransformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
-def _yarn_config_attrs(cfg: ModelConfig, attention_scaling: float) -> dict:
-    """megatron `yarn_*` attributes whose concentration factor equals HF's attention_factor exactly.
+def _yarn_config_fields(cfg: ModelConfig, attention_scaling: float) -> dict:
+    """megatron `yarn_*` config fields whose concentration factor equals HF's attention_factor exactly.
 
     megatron computes mscale(factor, m) / mscale(factor, m_all) with mscale(s, m) = 0.1 m ln(s) + 1.
     An explicit attention_factor a is expressed with s = e, m = 10 (a - 1), m_all = 0.
@@ -63,17 +65,19 @@ def _yarn_config_attrs(cfg: ModelConfig, attention_scaling: float) -> dict:
 
 
 def set_performance_options(
-    config: TransformerConfig,
+    config: EndPromptTransformerConfig,
     *,
     sdpa_backend: str = "auto",
     rope_fusion: str = "auto",
     ce_chunk_size: int = 0,
-) -> TransformerConfig:
+) -> EndPromptTransformerConfig:
     """Store the performance knobs on `config` (validated; errors name the --model flag); returns config.
 
     sdpa_backend: auto|cudnn|flash|efficient|math (local spec's SDPA attention). rope_fusion: auto|none|triton|
-    compile. ce_chunk_size: tokens per chunk of the chunked output layer + cross entropy; 0 = off.
+    compile (local spec's self attention). ce_chunk_size: tokens per chunk of the chunked output layer + cross
+    entropy; 0 = off.
     """
+    check_config_type(config)
     check_sdpa_backend(sdpa_backend)
     rope_fused.check_rope_fusion(rope_fusion)
     if ce_chunk_size is None or ce_chunk_size < 0:
@@ -84,6 +88,15 @@ def set_performance_options(
     if rope_fusion not in ("auto", "none"):
         rope_fused.install()
     return config
+
+
+def check_config_type(config: TransformerConfig) -> None:
+    """TypeError unless `config` is an EndPromptTransformerConfig (our layers read its fields)."""
+    if not isinstance(config, EndPromptTransformerConfig):
+        raise TypeError(
+            f"expected an EndPromptTransformerConfig (build it with model.gpt.to_transformer_config), "
+            f"got {type(config).__name__}"
+        )
 
 
 def to_transformer_config(
@@ -103,8 +116,8 @@ def to_transformer_config(
     rope_fusion: str = "auto",
     ce_chunk_size: int = 0,
     **overrides,
-) -> TransformerConfig:
-    """Megatron TransformerConfig for `cfg`; parallel sizes default to the initialised parallel_state.
+) -> EndPromptTransformerConfig:
+    """`EndPromptTransformerConfig` for `cfg`; parallel sizes default to the initialised parallel_state.
 
     recompute: None, "full" (uniform, `recompute_num_layers` per chunk) or "selective" (core attention).
     sdpa_backend / rope_fusion / ce_chunk_size: see `set_performance_options`.
@@ -160,11 +173,10 @@ def to_transformer_config(
         )
     elif recompute == "selective":
         kwargs.update(recompute_granularity="selective", recompute_modules=["core_attn"])
-    kwargs.update(overrides)
-    config = TransformerConfig(**kwargs)
     _, attention_scaling = inv_freq_and_scaling(cfg)
-    for name, value in _yarn_config_attrs(cfg, attention_scaling).items():
-        setattr(config, name, value)
+    kwargs.update(_yarn_config_fields(cfg, attention_scaling))
+    kwargs.update(overrides)
+    config = EndPromptTransformerConfig(**kwargs)
     return set_performance_options(
         config, sdpa_backend=sdpa_backend, rope_fusion=rope_fusion, ce_chunk_size=ce_chunk_size
     )
@@ -191,7 +203,10 @@ class EndPromptGPTModel(GPTModel):
     Attributes: `config_ep` (the ModelConfig), `padded_vocab_size`, `attention_scaling`.
     """
 
-    def __init__(self, config: TransformerConfig, cfg: ModelConfig, *, padded_vocab: int, **kwargs) -> None:
+    def __init__(
+        self, config: EndPromptTransformerConfig, cfg: ModelConfig, *, padded_vocab: int, **kwargs
+    ) -> None:
+        check_config_type(config)
         super().__init__(
             config=config,
             vocab_size=padded_vocab,
@@ -245,7 +260,7 @@ class EndPromptGPTModel(GPTModel):
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         """Upstream postprocessing, except that the training loss may run in chunks (`ep_ce_chunk_size`)."""
-        chunk = getattr(self.config, "ep_ce_chunk_size", 0)
+        chunk = self.config.ep_ce_chunk_size
         if labels is None or not chunk or not self.post_process or self.config.mtp_num_layers is not None:
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
         return self._chunked_loss(hidden_states, labels, chunk)
@@ -300,7 +315,7 @@ def build_model(
     sequence_parallel: bool = False,
     use_te: bool | None = None,
     vp_stage: int | None = None,
-    config: TransformerConfig | None = None,
+    config: EndPromptTransformerConfig | None = None,
     **config_overrides,
 ) -> EndPromptGPTModel:
     """Build the model chunk for this rank's pipeline stage (needs parallel_state initialised).

@@ -159,7 +159,7 @@ def make_dispatch(original):
 
     @functools.wraps(original)
     def dispatch(t, freqs, config, cu_seqlens=None, mscale=1.0, cp_group=None):
-        fusion = getattr(config, "ep_rope_fusion", "auto") or "auto"
+        fusion = config.ep_rope_fusion
         if (
             fusion != "auto"
             and resolve_rope_fusion(fusion, t.device) != "none"
