@@ -85,8 +85,6 @@ def set_performance_options(
     config.ep_sdpa_backend = sdpa_backend
     config.ep_rope_fusion = rope_fusion
     config.ep_ce_chunk_size = int(ce_chunk_size)
-    if rope_fusion not in ("auto", "none"):
-        rope_fused.install()
     return config
 
 

@@ -12,10 +12,11 @@ mscale) in one pass:
 - `none`: megatron's unfused path, unchanged.
 - `auto`: `none` for now (the Triton kernel has not yet run on a GPU in our tests; see docs/performance.md).
 
-The choice is `--model.rope_fusion`, stored on the TransformerConfig as `ep_rope_fusion`; `install()` reroutes
-megatron's `apply_rotary_pos_emb` (called by its attention) through `dispatch`, which defers to megatron's own
-function unless a fusion is selected and the call is one we handle (bshd layout, full rotary dimension, not
-interleaved, no multi-latent attention).
+The choice is `--model.rope_fusion`, the config field `EndPromptTransformerConfig.ep_rope_fusion`. It reaches
+megatron through the layer spec: the local spec's self attention is `FusedRopeSelfAttention`, which applies the
+fusion to q and k and otherwise defers to megatron's SelfAttention (and so to its unfused RoPE). Nothing in
+megatron is patched. The Transformer Engine spec is megatron's own and keeps megatron's unfused RoPE (there the
+flag has no effect).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import importlib.util
 import logging
 
 import torch
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
+    _yarn_get_concentration_factor_from_config,
+)
+from megatron.core.transformer.attention import SelfAttention
 
 logger = logging.getLogger(__name__)
 
@@ -143,39 +148,60 @@ def apply_rope(
 # ------------------------------------------------------------------------------------ megatron integration
 
 
-def _handles(t: torch.Tensor, freqs: torch.Tensor, config, cu_seqlens) -> bool:
-    return (
-        cu_seqlens is None
-        and not getattr(config, "rotary_interleaved", False)
-        and not getattr(config, "multi_latent_attention", False)
-        and t.dim() == 4
-        and freqs.dim() == 4
-        and freqs.shape[-1] == t.shape[-1]
-    )
+class FusedRopeSelfAttention(SelfAttention):
+    """megatron's SelfAttention (the local layer spec's `self_attention`), with RoPE applied by our fusion.
 
+    When `config.ep_rope_fusion` selects a fusion for this device and the call is one we handle, `forward`
+    hands megatron `rotary_pos_emb=None` and `get_query_key_value_tensors` rotates q and k right after the
+    projection, with the same angles and YaRN concentration factor megatron would use. Otherwise (`auto` /
+    `none`, KV-cache inference, packed sequences, interleaved or partial rotary, no-RoPE layers) it is
+    megatron's SelfAttention unchanged. The fusion is read per call: the engine may set it after building.
+    """
 
-def make_dispatch(original):
-    """megatron-compatible `apply_rotary_pos_emb` that uses our fusion when the config selects one."""
+    _pending_rope: tuple[torch.Tensor, str] | None = None
 
-    @functools.wraps(original)
-    def dispatch(t, freqs, config, cu_seqlens=None, mscale=1.0, cp_group=None):
+    def forward(self, hidden_states, attention_mask, *args, rotary_pos_emb=None, **kwargs):
+        fusion = self._fusion_for(hidden_states, rotary_pos_emb, args, kwargs)
+        if fusion is None:
+            return super().forward(
+                hidden_states, attention_mask, *args, rotary_pos_emb=rotary_pos_emb, **kwargs
+            )
+        self._pending_rope = (rotary_pos_emb, fusion)
+        try:
+            return super().forward(hidden_states, attention_mask, *args, rotary_pos_emb=None, **kwargs)
+        finally:
+            self._pending_rope = None
+
+    def _fusion_for(self, hidden_states, rotary_pos_emb, args, kwargs) -> str | None:
+        """The fusion to apply in this call, or None to leave RoPE to megatron."""
+        config = self.config
         fusion = config.ep_rope_fusion
-        if (
-            fusion != "auto"
-            and resolve_rope_fusion(fusion, t.device) != "none"
-            and _handles(t, freqs, config, cu_seqlens)
-        ):
-            return apply_rope(t, freqs, mscale, fusion)
-        return original(t, freqs, config=config, cu_seqlens=cu_seqlens, mscale=mscale, cp_group=cp_group)
+        if fusion == "auto" or args or not isinstance(rotary_pos_emb, torch.Tensor):
+            return None  # positional extras: not the layer's call shape, leave it all to megatron
+        if resolve_rope_fusion(fusion, hidden_states.device) == "none":
+            return None
+        unsupported = (
+            kwargs.get("inference_context") is not None
+            or kwargs.get("inference_params") is not None
+            or kwargs.get("packed_seq_params") is not None
+            or config.rotary_interleaved
+            or config.multi_latent_attention
+            or config.fused_single_qkv_rope
+            or bool(config.no_rope_freq)
+            or rotary_pos_emb.dim() != 4
+            or rotary_pos_emb.shape[-1] != self.hidden_size_per_attention_head
+        )
+        return None if unsupported else fusion
 
-    dispatch._ep_original = original
-    return dispatch
-
-
-def install() -> None:
-    """Route megatron attention's RoPE calls through `dispatch` (idempotent; a no-op unless a fusion is set)."""
-    from megatron.core.transformer import attention as mcore_attention
-
-    current = mcore_attention.apply_rotary_pos_emb
-    if getattr(current, "_ep_original", None) is None:
-        mcore_attention.apply_rotary_pos_emb = make_dispatch(current)
+    def get_query_key_value_tensors(
+        self, hidden_states, key_value_states=None, output_gate=False, split_qkv=True
+    ):
+        out = super().get_query_key_value_tensors(
+            hidden_states, key_value_states, output_gate=output_gate, split_qkv=split_qkv
+        )
+        if self._pending_rope is None:
+            return out
+        freqs, fusion = self._pending_rope
+        mscale = _yarn_get_concentration_factor_from_config(self.config)  # what megatron's forward passes
+        query, key = (apply_rope(t, freqs, mscale, fusion) for t in out[:2])
+        return (query, key, *out[2:])

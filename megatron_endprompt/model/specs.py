@@ -1,7 +1,9 @@
 """Transformer-layer specs: Transformer Engine when it is usable (importable and a CUDA device present, decided
-in `te_choice`), else megatron's local modules with our SDPA core attention (which also provides context
-parallelism) and our RMSNorm (which supports sequence parallelism). RoPE stays unfused in both: the fused
-kernels take neither per-sample positions nor YaRN's attention scaling."""
+in `te_choice`), else megatron's local modules with our self attention (`rope_fused.FusedRopeSelfAttention`:
+megatron's, plus our fused per-token RoPE when `--model.rope_fusion` selects one), our SDPA core attention
+(which also provides context parallelism) and our RMSNorm (which supports sequence parallelism). The TE spec is
+megatron's unchanged: its RoPE stays megatron's unfused one (megatron's fused kernels take neither per-sample
+positions nor YaRN's attention scaling, see `gpt.check_rope_unfused`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_endprompt.model.attention import SDPAttention
 from megatron_endprompt.model.norm import RMSNorm
+from megatron_endprompt.model.rope_fused import FusedRopeSelfAttention
 from megatron_endprompt.model.te_choice import resolve_use_te
 
 logger = logging.getLogger(__name__)
@@ -33,10 +36,11 @@ def _layer_spec(te: bool, cp: bool) -> ModuleSpec:
     if te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm"))
+    spec.submodules.self_attention.module = FusedRopeSelfAttention
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
-    logger.debug("local layer spec with SDPA core attention (cp=%s)", cp)
+    logger.debug("local layer spec with fused-RoPE self attention and SDPA core attention (cp=%s)", cp)
     return spec
 
 

@@ -283,3 +283,15 @@ def test_engine_step_with_chunked_ce_equals_default():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="--model.rope_fusion triton"):
         _engine(rope_fusion="triton")
+
+
+def test_rope_fusion_comes_from_the_layer_spec_and_patches_nothing():
+    """The fusion is the local spec's self attention; megatron's module function stays megatron's."""
+    from megatron.core.models.common.embeddings import rope_utils
+    from megatron.core.transformer import attention as mcore_attention
+
+    model = build_model(get_preset("tiny"))
+    set_performance_options(model.config, rope_fusion="compile")
+    attentions = [layer.self_attention for layer in model.decoder.layers]
+    assert attentions and all(isinstance(a, rope_fused.FusedRopeSelfAttention) for a in attentions)
+    assert mcore_attention.apply_rotary_pos_emb is rope_utils.apply_rotary_pos_emb
