@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 VOCAB_PAD_MULTIPLE = 128
 
+PREPROCESS_ROPE_SLOT = 1
+"""Index of `rotary_pos_emb` in the tuple megatron-core 0.16.1's private `GPTModel._preprocess` returns (and its
+`forward` unpacks): (decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset,
+padding_mask[, rotary_pos_cos_sin]). Pinned by tests/unit/test_model_forward.py against megatron itself."""
+
 
 def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
     """Vocabulary padded to a multiple of 128 * TP (megatron's convention), so TP shards are equal."""
@@ -254,7 +259,9 @@ class EndPromptGPTModel(GPTModel):
             self.inv_freq(position_ids.device),
             self.config_ep.max_position_embeddings,
         )
-        return (out[0], freqs, *out[2:])
+        out = list(out)
+        out[PREPROCESS_ROPE_SLOT] = freqs
+        return tuple(out)
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         """Upstream postprocessing, except that the training loss may run in chunks (`ep_ce_chunk_size`)."""

@@ -219,3 +219,32 @@ def test_megatron_attention_uses_our_rope_scaling(scaling):
     assert _yarn_get_concentration_factor_from_config(to_transformer_config(cfg)) == pytest.approx(
         expected, rel=1e-14
     )
+
+
+def test_megatron_preprocess_tuple_layout_is_what_we_override():
+    """EndPromptGPTModel._preprocess replaces one slot of megatron's private return tuple: fail here, not
+    silently in the model, if upstream moves `rotary_pos_emb` or changes the tuple's length."""
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_endprompt.model.gpt import PREPROCESS_ROPE_SLOT
+    from megatron_endprompt.model.specs import layer_spec
+
+    cfg = get_preset("tiny")
+    upstream = GPTModel(
+        config=to_transformer_config(cfg),
+        transformer_layer_spec=layer_spec(use_te=False),
+        vocab_size=padded_vocab_size(cfg.vocab_size),
+        max_sequence_length=cfg.max_position_embeddings,
+        position_embedding_type="rope",
+    ).eval()
+    ids = _tokens(cfg.vocab_size)
+    with torch.no_grad():
+        out = upstream._preprocess(ids, _contiguous())
+        expected = upstream.rotary_pos_emb(S)
+    assert len(out) == 6  # megatron's forward unpacks exactly six (a seventh only with flashinfer RoPE)
+    torch.testing.assert_close(out[PREPROCESS_ROPE_SLOT], expected, rtol=0, atol=0)
+    assert out[0].shape == (S, B, cfg.hidden_size)  # decoder input, [s, b, h]
+    ours = build_model(cfg).eval()
+    with torch.no_grad():
+        mine = ours._preprocess(ids, _contiguous())
+    assert len(mine) == len(out) and mine[PREPROCESS_ROPE_SLOT].shape == (S, B, 1, cfg.head_dim)
