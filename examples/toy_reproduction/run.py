@@ -72,16 +72,20 @@ def schemes(cfg: ToyConfig) -> dict[str, tuple]:
     out.update(
         {
             "contiguous_short": (SchemeConfig("contiguous", p0, p0), []),
-            "endprompt": (SchemeConfig("endprompt", p0, t), list(PAPER_CUES)),
+            "endprompt": (SchemeConfig("endprompt", p0, t), list(cfg.endprompt_cues)),
             "endprompt_tail_fixed": (SchemeConfig("endprompt-tail", p0, t, cfg.terminal_length, "fixed"), []),
             "endprompt_tail_random": (
                 SchemeConfig("endprompt-tail", p0, t, cfg.terminal_length, "random"),
                 [],
             ),
+            "endprompt_tail_document": (
+                SchemeConfig("endprompt-tail", p0, t, cfg.terminal_length, "fixed", tail_source="document"),
+                [],
+            ),
             "pose": (SchemeConfig("pose", p0, t, pose_chunks=cfg.pose_chunks), []),
             "endprompt_pose": (
                 SchemeConfig("endprompt-pose", p0, t, pose_chunks=cfg.pose_chunks),
-                list(PAPER_CUES),
+                list(cfg.endprompt_cues),
             ),
             "full_length": (SchemeConfig("contiguous", t, t), []),
         }
@@ -124,6 +128,7 @@ DATA_KEYS = (
     "focus_max_words",
     "terminal_length",
     "pose_chunks",
+    "endprompt_cues",
 )
 """Settings the corpora, tokenizer and datasets are made from: fixed for the lifetime of an --out directory."""
 
@@ -170,6 +175,10 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
             max_words=cfg.focus_max_words,
         )
         write_corpus(focus, focused)
+    generic = out / "corpus" / "generic.jsonl"
+    if cfg.extend_corpus == "generic" and not generic.is_file():  # stories only: no evaluation templates
+        stories = dataclasses.replace(corpus_config(cfg, cfg.documents, seed=4), retrieval_fraction=0.0)
+        write_corpus(generic, dataclasses.replace(stories, repeat_fraction=0.0))
     warmup = out / "corpus" / "warmup.jsonl"
     if cfg.warmup_steps and not warmup.is_file():
         write_passkey_corpus(warmup, cfg, cfg.documents // 2, seed=3)
@@ -184,11 +193,13 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
         )
     prefixes = {}
     for name, (scheme, cues) in schemes(cfg).items():
-        prefix = out / "data" / name
+        extension = not name.startswith("base_")
+        prefix = out / "data" / (name + (cfg.run_suffix if extension else ""))
+        source = generic if extension and cfg.extend_corpus == "generic" else corpus
         if not Path(f"{prefix}.idx").is_file():
             build(
                 BuildConfig(
-                    input=[str({"base_focus": focus, "base_warmup": warmup}.get(name, corpus))],
+                    input=[str({"base_focus": focus, "base_warmup": warmup}.get(name, source))],
                     output_prefix=str(prefix),
                     tokenizer_type="SentencePieceTokenizer",
                     tokenizer_model=str(tok),
@@ -343,7 +354,7 @@ def extend(
     out: Path, cfg: ToyConfig, data: dict[str, str], base: Path, variant: str, seed: int
 ) -> tuple[Path, float]:
     """Fine-tune `variant` from the base weights with RoPE scaling T/P0 (pi_only: no training, config only)."""
-    name = f"{variant}_s{seed}"
+    name = f"{variant}{cfg.run_suffix}_s{seed}"
     if variant == "pi_only":
         return scaled_copy(out, cfg, base), 0.0
     p = physical_length(cfg, variant)
@@ -459,24 +470,41 @@ def _evaluate_length(
         "ppl_windows": cfg.ppl_windows,
         "task_options": task_options(cfg),
     }
-    key = fingerprint(out, {**request, "checkpoint": str(ckpt)}, lineage(ckpt))
+    key = fingerprint(out, {**request, "checkpoint": str(ckpt), "nll_by_depth": True}, lineage(ckpt))
     result = cached(path, key, f"eval {label} at {length}", legacy_ok=False)
     if result is not None:
         return result
     backend, tok = model()
     result = evaluate(backend, tok, progress=False, answer_nll=True, **request)
-    result.pop("samples", None)  # keep the files small; scores per length and depth stay
+    result["answer_nll_depth"] = answer_nll_by_depth(result.pop("samples", []))  # keep the files small
     result["fingerprint"] = key
     write_json(path, result)
     logger.info("eval %s at %d: %s", label, length, result["results"])
     return result
 
 
+def answer_nll_by_depth(records: list[dict]) -> dict:
+    """{task: {str(length): {depth: mean answer NLL}}}: the report's primary metric leaves depth 1.0 (a needle
+    next to the question: local retrieval) apart, which the per-length mean of `evaluate` cannot."""
+    from collections import defaultdict
+
+    from megatron_endprompt.eval.runner import depth_key
+
+    by_depth: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        if r.get("answer_nll") is not None:
+            by_depth[r["task"]][str(r["length"])][depth_key(r["depth"])].append(r["answer_nll"])
+    return {
+        t: {n: {d: sum(v) / len(v) for d, v in dd.items()} for n, dd in byn.items()}
+        for t, byn in by_depth.items()
+    }
+
+
 def merge_evals(parts: list[dict]) -> dict:
     """One result dict from per-length ones: the by-length tables joined, elapsed seconds summed."""
     merged: dict = {"elapsed_s": sum(p.get("elapsed_s", 0.0) for p in parts)}
     for part in parts:
-        for field in ("results", "answer_nll", "depth_detail"):
+        for field in ("results", "answer_nll", "depth_detail", "answer_nll_depth"):
             for task, by_length in part.get(field, {}).items():
                 merged.setdefault(field, {}).setdefault(task, {}).update(by_length)
         if "perplexity" in part:
@@ -489,10 +517,12 @@ class Unit(NamedTuple):
 
     variant: str
     seed: int
+    suffix: str = ""
+    """ToyConfig.run_suffix: the generic-corpus control's runs and evaluations have their own names."""
 
     @property
     def label(self) -> str:
-        return "base" if self.variant == "base" else f"{self.variant}_s{self.seed}"
+        return "base" if self.variant == "base" else f"{self.variant}{self.suffix}_s{self.seed}"
 
 
 def run_unit(out: Path, cfg: ToyConfig, tok: Path, data: dict, base: Path, unit: Unit) -> tuple[float, dict]:
@@ -618,7 +648,7 @@ def run_all(out: Path, cfg: ToyConfig, jobs: int = 1) -> dict:
     base, base_seconds = train_base(out, cfg, data)
     if "pi_only" in cfg.variants:
         scaled_copy(out, cfg, base)  # once, before the units that evaluate it (maybe in parallel) start
-    units = [Unit(v, seed) for v in cfg.variants for seed in cfg.seeds] + [Unit("base", 0)]
+    units = [Unit(v, seed, cfg.run_suffix) for v in cfg.variants for seed in cfg.seeds] + [Unit("base", 0)]
     done = run_units(out, cfg, tok, data, base, units, jobs)
     rows = {
         "base": {
@@ -632,12 +662,17 @@ def run_all(out: Path, cfg: ToyConfig, jobs: int = 1) -> dict:
         rows[variant] = {
             "physical_length": physical_length(cfg, variant),
             "flops": training_flops(cfg, variant),
-            "seconds": [done[Unit(variant, seed)][0] for seed in cfg.seeds],
-            "evals": [done[Unit(variant, seed)][1] for seed in cfg.seeds],
+            "seconds": [done[Unit(variant, seed, cfg.run_suffix)][0] for seed in cfg.seeds],
+            "evals": [done[Unit(variant, seed, cfg.run_suffix)][1] for seed in cfg.seeds],
         }
     results = {"config": dataclasses.asdict(cfg), "rows": rows}
-    write_json(out / "results.json", results)
+    write_json(results_path(out, cfg), results)
     return results
+
+
+def results_path(out: Path, cfg: ToyConfig) -> Path:
+    """`results.json`, or `results_generic.json` for the generic-corpus control (same --out, same base)."""
+    return out / f"results{cfg.run_suffix}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -668,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if args.report_only:
-        results = json.loads((args.out / "results.json").read_text())
+        results = json.loads(results_path(args.out, cfg).read_text())
         meta = {**results["meta"], "command": recorded_command(shlex.split(results["meta"]["command"])[1:])}
     else:
         try:
@@ -685,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_minutes": (time.time() - start) / 60,
         }
         results["meta"] = meta
-        write_json(args.out / "results.json", results)
+        write_json(results_path(args.out, cfg), results)
     report = args.report_dir / f"{args.name}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     png = plot(results, args.report_dir / f"{args.name}.png")

@@ -11,8 +11,11 @@ import yaml
 
 from megatron_endprompt.model.config import small_llama_fields
 
-PAPER_CUES = ("This is the end of text, please pay attention here", "@token:<|eot|>", "End.")
-"""EP_1, EP_2 (the tokenizer's end-of-turn token; our SentencePiece models carry <|eot|>), EP_3."""
+EP_1 = "This is the end of text, please pay attention here"
+"""The paper's single sentence cue: its main ET numbers equal its EP_1 row (METHOD.md)."""
+PAPER_CUES = (EP_1, "@token:<|eot|>", "End.")
+"""EP_1, EP_2 (the tokenizer's end-of-turn token; our SentencePiece models carry <|eot|>), EP_3. A one-token cue
+such as EP_2 gives no long-range gradient: its only prediction is made at the last text position."""
 
 SCALING_NAMES = {"linear": "PI", "yarn": "YaRN"}
 
@@ -22,10 +25,34 @@ VARIANTS = (
     "endprompt",
     "endprompt_tail_fixed",
     "endprompt_tail_random",
+    "endprompt_tail_document",
     "pose",
     "endprompt_pose",
     "full_length",
 )
+
+
+DECIDING_VARIANTS = (
+    "contiguous_short",
+    "endprompt",
+    "endprompt_tail_fixed",
+    "endprompt_tail_document",
+    "pose",
+)
+"""The variants the pre-registered contrasts need (the default run)."""
+
+CONTRASTS = (
+    ("endprompt", "contiguous_short"),
+    ("endprompt_tail_fixed", "contiguous_short"),
+    ("endprompt_tail_document", "contiguous_short"),
+    ("endprompt", "pose"),
+)
+"""Pre-registered before the run (issue 20): variant minus reference, paired by seed."""
+
+MAX_CONTRASTS = 4
+"""A Holm correction over more comparisons would leave five seeds no power; more is refused."""
+
+EXTEND_CORPORA = ("mixed", "generic")
 
 
 @dataclass
@@ -98,27 +125,42 @@ class ToyConfig:
     base_tokens_per_step: int = 1024
     """Tokens per base step (global batch = this / stage length). Small batches, many updates: copying from
     context forms after a number of updates more than a number of tokens."""
-    extend_steps: int = 100
-    """Optimizer steps of every extension variant (equal for all, so equal tokens)."""
+    extend_steps: int = 150
+    """Optimizer steps of every extension variant (equal for all, so equal tokens). 150 sizes the default run
+    (5 variants x 5 seeds, then the same on the generic corpus, one base) for <= 2.5 h at --jobs 2 on 2 cores
+    (toy README, "Budget")."""
     extend_tokens_per_step: int = 4096
     """Tokens per extension step (global batch = this / physical length: 16 at P0 = 256, 2 at T = 2048)."""
     extend_lr: float = 5e-4
     """Peak LR of the extension."""
     cue_loss_weight: float = 0.1
     """EndPrompt cue loss weight (paper eq. 11)."""
+    endprompt_cues: list[str] = field(default_factory=lambda: [EP_1])
+    """Cue set of `endprompt` and `endprompt_pose`: EP_1 alone, the paper's main setting (its ET numbers equal its
+    EP_1 row). Reports made before 2026-12-05 used all three paper cues (PAPER_CUES), of which EP_2 is one token
+    and trains no far position."""
+    extend_corpus: str = "mixed"
+    """Fine-tuning corpus of every extension variant: `mixed` (the base's general corpus, 80% retrieval documents
+    in the evaluation's own templates) or `generic` (the same generator with ordinary stories only, no retrieval
+    or copy documents): the control that separates far-position exposure from direct long-range task supervision
+    (variants that move text across the jump move retrieval answers across it only with `mixed`). Runs and
+    results are stored under their own names in the same --out, so both reuse one base."""
+    contrasts: list[list[str]] = field(default_factory=lambda: [list(c) for c in CONTRASTS])
+    """Pre-registered contrasts [variant, reference] (at most 4): the report gives the paired difference over
+    seeds with a 95% t-interval and Holm-corrected paired t-test p-values, and one verdict line each."""
     terminal_length: int = 20
     """K of endprompt-tail (released recipe: 20)."""
     pose_chunks: int = 2
     """PoSE chunks."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Extension seeds (data order of the fine-tuning and eval prompts); the base model is trained once."""
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(DECIDING_VARIANTS))
     """Variants to run."""
-    eval_lengths: list[int] = field(default_factory=lambda: [256, 1024, 2032])
+    eval_lengths: list[int] = field(default_factory=lambda: [256, 2032])
     """Prompt lengths (the largest + max_new_tokens must fit in T)."""
     eval_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Needle depths."""
-    eval_samples: int = 5
+    eval_samples: int = 6
     """Prompts per (task, length, depth) and seed."""
     eval_tasks: list[str] = field(default_factory=lambda: ["passkey", "niah_single_1", "perplexity"])
     """Evaluation tasks (`perplexity`: held-out perplexity by window length, from another corpus seed)."""
@@ -150,6 +192,11 @@ class ToyConfig:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"variants: unknown {unknown}; choose from {VARIANTS}")
+        self._validate_contrasts()
+        if self.extend_corpus not in EXTEND_CORPORA:
+            raise ValueError(f"extend_corpus: one of {EXTEND_CORPORA}, got {self.extend_corpus!r}")
+        if not self.endprompt_cues:
+            raise ValueError("endprompt_cues: at least one cue")
         for length in (*self.base_curriculum, self.target_length):
             if self.base_tokens_per_step % length and length in self.base_curriculum:
                 raise ValueError(f"base_tokens_per_step must be a multiple of every stage length ({length})")
@@ -158,6 +205,23 @@ class ToyConfig:
         if max(self.eval_lengths) + self.max_new_tokens > self.target_length:
             limit = self.target_length - self.max_new_tokens
             raise ValueError(f"eval_lengths: the largest must be <= T - max_new_tokens = {limit}")
+
+    def _validate_contrasts(self) -> None:
+        if len(self.contrasts) > MAX_CONTRASTS:
+            raise ValueError(
+                f"contrasts: at most {MAX_CONTRASTS} pre-registered contrasts, got {len(self.contrasts)}"
+            )
+        for pair in self.contrasts:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"contrasts: each is [variant, reference] of two variants, got {pair}")
+            missing = [v for v in pair if v not in self.variants]
+            if missing:
+                raise ValueError(f"contrasts: {pair} needs {missing} in variants")
+
+    @property
+    def run_suffix(self) -> str:
+        """Appended to run, eval and results names for the generic-corpus control ("" for the mixed corpus)."""
+        return "" if self.extend_corpus == "mixed" else f"_{self.extend_corpus}"
 
     def model(self, **extra) -> dict:
         """ModelConfig fields (over the `tiny` preset) of every run."""

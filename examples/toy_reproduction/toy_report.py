@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 from toy_config import SCALING_NAMES
+from toy_contrasts import contrast_section, local_retrieval_section
 
 from megatron_endprompt.machine import cpu_name
 
@@ -72,6 +73,22 @@ def base_recipe(cfg: dict) -> str:
     text += f". Every dataset is packed with `--packing {cfg.get('packing', 'concat')}`"
     return (
         text + f". Keys: passkeys 1..{cfg.get('passkey_max')}, {cfg.get('value_digits')}-digit magic numbers."
+    )
+
+
+def data_note(cfg: dict) -> str:
+    """The extension corpus and the paper variant's cue set, as run (older results record neither)."""
+    corpus = cfg.get("extend_corpus", "mixed")
+    what = (
+        "the base's general corpus (80% retrieval documents in the evaluation's templates)"
+        if corpus == "mixed"
+        else "a generic corpus of the same generator without retrieval or copy documents (corpus control)"
+    )
+    cues = cfg.get("endprompt_cues")
+    cue_text = "; ".join(repr(c) for c in cues) if cues else "the three paper cues (EP_1, EP_2, EP_3)"
+    return (
+        f"Extension data: {what}. Cue set of `endprompt` / `endprompt_pose`: {cue_text}. Within a seed every "
+        "variant's training order is keyed by the seed and the source corpus (tests/unit/test_data_shared_order.py)."
     )
 
 
@@ -181,9 +198,12 @@ def markdown(results: dict, meta: dict) -> str:
         "",
         base_recipe(cfg),
         "",
+        data_note(cfg),
+        "",
         precision_note(cfg),
         "",
     ]
+    lines += contrast_section(results) + local_retrieval_section(results)
     if "passkey" in cfg["eval_tasks"] and cfg["base_length"] not in cfg["eval_lengths"]:
         lines += [f"Base model passkey accuracy at P0 = {cfg['base_length']}: not measured here (P0 is not "
                   "among `eval_lengths`).", ""]  # fmt: skip

@@ -8,10 +8,12 @@ import pytest
 
 
 def test_shipped_config_parses_and_schemes_are_valid(toy) -> None:
+    import toy_config
+
     cfg = toy.load_toy_config(Path(toy.__file__).with_name("config.yaml"), [])
-    assert set(cfg.variants) == set(toy.VARIANTS)
+    assert cfg.variants == list(toy_config.DECIDING_VARIANTS)  # what the pre-registered contrasts need
     schemes = toy.schemes(cfg)
-    for variant in cfg.variants:
+    for variant in toy.VARIANTS:
         if variant != "pi_only":
             scheme, cues = schemes[variant]
             scheme.validate(max_cue_length=16 if cues else None)
@@ -98,7 +100,8 @@ def fake_evals(lengths: list[int], passkey: float) -> dict:
 def test_report_states_base_strength_precision_and_scores(toy, report, tmp_path) -> None:
     import dataclasses
 
-    cfg = dataclasses.asdict(toy.load_toy_config(None, ["seeds=[0,1]", "eval_lengths=[256,2032]"]))
+    overrides = ["seeds=[0,1]", "eval_lengths=[256,2032]", "eval_samples=5"]
+    cfg = dataclasses.asdict(toy.load_toy_config(None, overrides))
 
     def evals(passkey: float) -> dict:
         return fake_evals(cfg["eval_lengths"], passkey)
@@ -261,7 +264,7 @@ def test_evaluations_are_cached_per_length_and_redone_when_the_eval_settings_cha
             "answer_nll": {"passkey": {str(n): 0.5}},
             "depth_detail": {"passkey": {str(n): {"0": 1.0}}},
             "elapsed_s": 2.0,
-            "samples": ["dropped"],
+            "samples": [{"task": "passkey", "length": n, "depth": 1.0, "answer_nll": 0.5}],
         }
 
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
@@ -280,6 +283,7 @@ def test_evaluations_are_cached_per_length_and_redone_when_the_eval_settings_cha
     assert calls == [(256, 5), (1024, 5)] and len(loads) == 2
     assert result["results"] == {"passkey": {"256": 56.0, "1024": 24.0}} and "samples" not in result
     assert set(result["depth_detail"]["passkey"]) == {"256", "1024"} and result["elapsed_s"] == 4.0
+    assert result["answer_nll_depth"] == {"passkey": {"256": {"1": 0.5}, "1024": {"1": 0.5}}}  # per depth
     run("eval_samples=10", "eval_lengths=[256,1024]")
     assert calls[2:] == [(256, 10), (1024, 10)] and len(loads) == 3  # one load for both lengths
     path = tmp_path / "eval" / "base_L256.json"
