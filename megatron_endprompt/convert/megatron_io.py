@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
+from megatron_endprompt import checkpoint_layout
 from megatron_endprompt.convert.errors import ConversionError
 from megatron_endprompt.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-MODEL_JSON = "endprompt_model.json"
+MODEL_JSON = checkpoint_layout.MODEL_CONFIG_FILE
+"""`endprompt_model.json`: the one constant of `checkpoint_layout`, under the name the converters use."""
 SOURCE_JSON = "endprompt_source.json"
 HF_ASSETS_DIR = "hf_assets"
 _EMBEDDING_KEY = "embedding.word_embeddings.weight"
@@ -61,17 +63,13 @@ def read_source_json(ckpt_dir: Path) -> dict:
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """The checkpoint dir itself, or for a training save root the iteration dir that training would resume from
-    (`training.checkpoint_io.find_latest`: the same rules for `latest`, the same refusals)."""
-    from megatron_endprompt.training.checkpoint_io import CheckpointError, find_latest
-
+    (`checkpoint_layout.resolve_checkpoint_dir`: the same rules for `latest`, the same refusals)."""
     path = Path(path)
     if not path.is_dir():
         raise ConversionError(f"--megatron-dir: {path} is not a directory")
-    if (path / MODEL_JSON).is_file():
-        return path
     try:
-        found = find_latest(path)
-    except CheckpointError as err:
+        found = checkpoint_layout.resolve_checkpoint_dir(path)
+    except checkpoint_layout.CheckpointError as err:
         raise ConversionError(f"--megatron-dir: {err}") from None
     return found if found is not None else path  # not a save root: read_model_json names what is missing
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from megatron_endprompt.checkpoint_layout import LATEST_FILE, MODEL_CONFIG_FILE
+from megatron_endprompt.eval.greedy import greedy_recompute
 
 logger = logging.getLogger(__name__)
 
@@ -61,39 +64,6 @@ def nll_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         for i in range(0, targets.numel(), NLL_CHUNK)
     ]
     return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
-
-
-def greedy_recompute(
-    tail_logits: Callable[[torch.Tensor, int], torch.Tensor],
-    input_ids: Sequence[int],
-    max_new_tokens: int,
-    stop_ids: Sequence[int],
-    device: torch.device | str,
-    draft: Sequence[int] = (),
-) -> list[int]:
-    """Greedy decoding through `tail_logits`, whose backend decides a step's cost (the whole sequence without a
-    KV cache; only the tokens not yet cached with one, see eval/kv_cache.py).
-
-    `tail_logits(ids, n)` returns float logits [n, vocab] of the last n positions of ids [1, s]. A step feeds
-    the tokens so far plus the rest of `draft` (a guess at the continuation) and reads the greedy token after
-    every guessed prefix: tokens are accepted up to and including the first one that differs from the guess.
-    The result is exactly the plain greedy continuation; a model that answers as guessed needs one forward
-    instead of one per token (verification as in speculative decoding, with the reference as the draft).
-    """
-    prefix, guessed = [int(t) for t in input_ids], [int(t) for t in draft]
-    new: list[int] = []
-    while len(new) < max_new_tokens:
-        on_draft = new == guessed[: len(new)]
-        # at most max_new_tokens - len(new) tokens can be accepted: one after each guess token, one more
-        guess = guessed[len(new) : max_new_tokens - 1] if on_draft else []
-        ids = torch.tensor([prefix + new + guess], dtype=torch.long, device=device)
-        for j, tok in enumerate(tail_logits(ids, len(guess) + 1).argmax(-1).tolist()):
-            if tok in stop_ids:
-                return new
-            new.append(tok)
-            if j == len(guess) or tok != guess[j]:
-                break
-    return new
 
 
 class HFBackend:
@@ -190,7 +160,7 @@ class MegatronBackend:
         dtype: torch.dtype = torch.float32,
         kv_cache: bool = True,
     ):
-        from megatron_endprompt import load_model
+        from megatron_endprompt.convert.loading import load_model
 
         model = load_model(str(path), device=device, dtype=dtype)
         return cls(model, name=f"megatron:{Path(path).name}", kv_cache=kv_cache)
@@ -259,7 +229,7 @@ def checkpoint_kind(path: str | Path) -> str:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"--checkpoint: {p} is not a directory")
-    if (p / "endprompt_model.json").is_file() or (p / "latest").is_file():
+    if (p / MODEL_CONFIG_FILE).is_file() or (p / LATEST_FILE).is_file():
         return "megatron"
     if (p / "config.json").is_file():
         json.loads((p / "config.json").read_text())  # a clear JSON error beats a transformers traceback

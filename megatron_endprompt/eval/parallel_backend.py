@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_endprompt.eval.backends import greedy_recompute
+from megatron_endprompt.eval.greedy import greedy_recompute
 from megatron_endprompt.eval.megatron_hooks import chunked_nll, final_hidden, local_logits
 from megatron_endprompt.parallel import slice_batch_for_cp
 

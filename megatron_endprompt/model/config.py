@@ -128,6 +128,13 @@ class ModelConfig:
         return cls(**data)
 
 
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
+    "kv_channels", "tie_word_embeddings",
+)  # fmt: skip
+"""ModelConfig fields that fix the weight shapes: a checkpoint loads only into a model that agrees on all of them
+(RoPE / position fields may differ: context extension changes them on purpose)."""
+
 PRESETS: dict[str, ModelConfig] = {
     "llama2-7b": ModelConfig(
         num_layers=32, hidden_size=4096, ffn_hidden_size=11008, num_attention_heads=32, num_query_groups=32,

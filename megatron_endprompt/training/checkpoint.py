@@ -37,7 +37,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt import checkpoint_layout
+from megatron_endprompt.checkpoint_layout import MODEL_CONFIG_FILE
+from megatron_endprompt.model.config import ARCHITECTURE_FIELDS, ModelConfig
 from megatron_endprompt.model.portable_state import load_model_state, load_sharded_model_state
 from megatron_endprompt.training import checkpoint_rng
 from megatron_endprompt.training.checkpoint_io import (
@@ -52,12 +54,10 @@ from megatron_endprompt.training.checkpoint_io import (
     verify_checkpoint,
 )
 from megatron_endprompt.training.checkpoint_manifest import CorruptCheckpointError
-from megatron_endprompt.training.config import ARCHITECTURE_FIELDS
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MODEL_CONFIG_FILE = "endprompt_model.json"
 TRAIN_STATE_FILE = "train_state.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 OPTIMIZER_DIR = "optimizer"
@@ -154,14 +154,12 @@ def load_checkpoint(
 
 
 def resolve_checkpoint_dir(load_dir: str | os.PathLike) -> Path:
-    """A checkpoint directory itself, or the latest complete one under a save directory (`find_latest`)."""
-    path = Path(load_dir)
-    if (path / "metadata.json").is_file():
-        return path
-    latest = find_latest(path)
-    if latest is None:
-        raise FileNotFoundError(f"--checkpoint.load: no complete checkpoint in {path}")
-    return latest
+    """A checkpoint directory itself, or the latest complete one under a save directory
+    (`checkpoint_layout.resolve_checkpoint_dir`); FileNotFoundError naming the flag when there is none."""
+    path = checkpoint_layout.resolve_checkpoint_dir(load_dir)
+    if path is None:
+        raise FileNotFoundError(f"--checkpoint.load: no complete checkpoint in {load_dir}")
+    return path
 
 
 def select_checkpoint(load_dir: str | os.PathLike, fallback_to_previous: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint directories: naming, atomic commit, the `latest` marker, keep-last-N.
+"""Crash-safe checkpoint saves: atomic commit, the `latest` marker's writing, keep-last-N, set-aside.
 
 A save goes through three states, so that a crash at any point leaves the previous checkpoint usable:
 
@@ -9,11 +9,8 @@ A save goes through three states, so that a crash at any point leaves the previo
    replaces `<save>/latest` (text: the directory name) via a temp file + os.replace, and only then deletes
    checkpoints beyond `keep_last`. An existing `iter_XXXXXXX` is never replaced.
 
-`find_latest` is the one reader of `latest` (training and the converters use it). It never starts over silently:
-`latest` must name a complete iteration directory inside the save dir (a bare name: no path, no `..`); when it
-does not, the newest complete iteration is used with a warning naming both, or, with none, CheckpointError names
-the file. A save dir whose iteration directories are all incomplete is an error too, unless the caller allows a
-fresh start. `.tmp` directories (interrupted saves) never count.
+Names, the `latest` marker's reading (`find_latest`), the completion marker and directory resolution are
+`megatron_endprompt.checkpoint_layout`'s (re-exported here for training's callers).
 
 Pure standard library (no torch): run these on one rank, with barriers around them in distributed code.
 """
@@ -22,42 +19,31 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
+from megatron_endprompt.checkpoint_layout import (
+    ASIDE_SUFFIX,
+    COMPLETE_MARKER,
+    LATEST_FILE,
+    CheckpointError,
+    checkpoint_name,
+    find_latest,
+    is_complete,
+    iteration_dirs,
+    iteration_of,
+    list_checkpoints,
+)
 from megatron_endprompt.training import checkpoint_manifest
 
+__all__ = [  # the layout names are re-exported: training's callers import them from here
+    "ASIDE_SUFFIX", "COMPLETE_MARKER", "LATEST_FILE", "CheckpointError", "begin_save", "checkpoint_name",
+    "commit_save", "find_latest", "fsync_tree", "is_complete", "iteration_dirs", "iteration_of",
+    "list_checkpoints", "prune_checkpoints", "set_aside", "set_aside_after", "verify_checkpoint",
+    "write_text_atomic",
+]  # fmt: skip
+
 logger = logging.getLogger(__name__)
-
-LATEST_FILE = "latest"
-COMPLETE_MARKER = "checkpoint_complete"
-"""Written last into a checkpoint directory before it is renamed into place; holds the manifest (JSON)."""
-ASIDE_SUFFIX = ".aside"
-"""Suffix of iteration directories moved out of the way instead of being deleted or overwritten."""
-_NAME = re.compile(r"^iter_(\d{7,})$")
-
-
-class CheckpointError(ValueError):
-    """A save dir or checkpoint that cannot be used as asked; the message names the file and the way out."""
-
-
-def checkpoint_name(iteration: int) -> str:
-    """Directory name of the checkpoint taken after `iteration` optimizer steps."""
-    if iteration < 0:
-        raise ValueError(f"checkpoint iteration must be >= 0, got {iteration}")
-    return f"iter_{iteration:07d}"
-
-
-def iteration_of(path: str | os.PathLike) -> int | None:
-    """The iteration encoded in a checkpoint directory name, or None for other names."""
-    match = _NAME.match(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """True for a directory that a finished save committed."""
-    return (Path(path) / COMPLETE_MARKER).is_file()
 
 
 def begin_save(save_dir: str | os.PathLike, iteration: int) -> Path:
@@ -99,64 +85,6 @@ def _refuse_existing(final: Path) -> None:
         )
 
 
-def find_latest(save_dir: str | os.PathLike, *, allow_fresh_start: bool = False) -> Path | None:
-    """The checkpoint to resume from under `save_dir`, or None when it holds no iteration (see module docstring).
-
-    allow_fresh_start: return None instead of raising when iteration directories exist but none is complete.
-    """
-    save_dir = Path(save_dir)
-    marker = save_dir / LATEST_FILE
-    named, problem = _read_latest(save_dir) if marker.is_file() else (None, None)
-    if named is not None:
-        return named
-    complete = list_checkpoints(save_dir)
-    if problem and complete:
-        logger.warning(
-            "%s %s; resuming from the newest complete checkpoint, %s", marker, problem, complete[-1]
-        )
-    if complete:
-        return complete[-1]
-    if problem and not allow_fresh_start:
-        raise CheckpointError(
-            f"{marker} {problem}, and no iteration under {save_dir} is complete: nothing to resume from. "
-            "Fix or remove the file, or pass --checkpoint.allow_fresh_start true to start at step 0"
-        )
-    started = iteration_dirs(save_dir)
-    if started and not allow_fresh_start:
-        raise CheckpointError(
-            f"{save_dir} holds {[p.name for p in started]} but none is complete (no {COMPLETE_MARKER}): nothing "
-            "to resume from. Move them away, or pass --checkpoint.allow_fresh_start true to start at step 0 "
-            f"(they are then renamed to *{ASIDE_SUFFIX}, not deleted)"
-        )
-    return None
-
-
-def _read_latest(save_dir: Path) -> tuple[Path | None, str | None]:
-    """(the complete directory `latest` names, None) or (None, what is wrong with it)."""
-    try:
-        text = (save_dir / LATEST_FILE).read_bytes().decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        return None, f"is unreadable ({err})"
-    name = checkpoint_name(int(text)) if text.isdigit() else text
-    if not _NAME.match(name):  # the whole text: absolute paths, `..` and subdirectories are refused
-        return (
-            None,
-            f"names {text!r}, which is not an iteration directory name (iter_XXXXXXX) inside {save_dir}",
-        )
-    if not is_complete(save_dir / name):
-        return None, f"names {name!r}, which is not a complete checkpoint"
-    return save_dir / name, None
-
-
-def iteration_dirs(save_dir: str | os.PathLike) -> list[Path]:
-    """Every `iter_XXXXXXX` directory, complete or not, oldest first (`.tmp` and set-aside ones excluded)."""
-    save_dir = Path(save_dir)
-    if not save_dir.is_dir():
-        return []
-    found = [(iteration_of(p), p) for p in save_dir.iterdir() if p.is_dir() and iteration_of(p) is not None]
-    return [p for _, p in sorted(found)]
-
-
 def set_aside(path: str | os.PathLike) -> Path:
     """Rename an iteration directory to `<name>.aside` (`.aside2`, ... when taken): kept, but never resumed from
     or overwritten. Returns the new path."""
@@ -183,11 +111,6 @@ def verify_checkpoint(path: str | os.PathLike) -> bool:
     """Check the files of a committed checkpoint against its manifest (CorruptCheckpointError names the file);
     False for an old checkpoint without a manifest."""
     return checkpoint_manifest.verify(path, COMPLETE_MARKER)
-
-
-def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoint directories, oldest first."""
-    return [p for p in iteration_dirs(save_dir) if is_complete(p)]
 
 
 def prune_checkpoints(save_dir: str | os.PathLike, keep_last: int) -> list[Path]:

@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from megatron_endprompt.checkpoint_layout import MODEL_CONFIG_FILE
 from megatron_endprompt.model.config import ModelConfig, RopeScaling, get_preset
+from megatron_endprompt.training.overrides import apply_overrides, build_section, convert, read_recipe
 
 logger = logging.getLogger(__name__)
-
-MODEL_CONFIG_FILE = "endprompt_model.json"
-"""Name of the ModelConfig JSON stored in every Megatron checkpoint dir (written by convert / save_checkpoint)."""
-
-ARCHITECTURE_FIELDS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
-    "kv_channels", "tie_word_embeddings",
-)  # fmt: skip
-"""ModelConfig fields that fix the weight shapes: a checkpoint loads only into a model that agrees on all of them
-(RoPE / position fields may differ: context extension changes them on purpose)."""
 
 
 @dataclass
@@ -398,12 +390,10 @@ def load_config(yaml_path: str | os.PathLike | None, overrides: list[str] | None
     Values are type-checked against the dataclass fields (errors name the flag); cross-field constraints are
     checked by `TrainConfig.validate`, which callers run once they know the world size.
     """
-    from megatron_endprompt.training.overrides import apply_overrides, read_recipe
-
     raw = read_recipe(yaml_path) if yaml_path is not None else {}
-    apply_overrides(raw, overrides or [])
+    apply_overrides(raw, overrides or [], SECTIONS)
     on_command_line: dict[str, Any] = {}
-    apply_overrides(on_command_line, overrides or [])
+    apply_overrides(on_command_line, overrides or [], SECTIONS)
     _prefer_init_from_architecture(raw, on_command_line)
     return from_dict(raw)
 
@@ -415,8 +405,6 @@ def _prefer_init_from_architecture(raw: dict[str, Any], on_command_line: dict[st
     launch, and the mismatch used to surface only as a vocab or shape error at load time. A recipe that sets both
     init_from and a preset itself keeps its preset (its author states that they agree; validation checks it); the
     recipe's ModelConfig fields (`max_position_embeddings`, `rope_scaling`, ...) still apply on top."""
-    from megatron_endprompt.training.overrides import convert
-
     init_from = (on_command_line.get("checkpoint") or {}).get("init_from")
     init_from = convert(init_from, str | None, "--checkpoint.init_from")
     model = raw.get("model")
@@ -438,8 +426,6 @@ def _prefer_init_from_architecture(raw: dict[str, Any], on_command_line: dict[st
 
 def from_dict(raw: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from a nested dict (recipe form), converting every value to its field type."""
-    from megatron_endprompt.training.overrides import build_section
-
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown recipe section(s) {unknown}; valid sections: {sorted(SECTIONS)}")

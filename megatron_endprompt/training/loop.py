@@ -24,6 +24,7 @@ from megatron_endprompt.training.metrics import (
     peak_memory_gib,
 )
 from megatron_endprompt.training.signals import StopSignal
+from megatron_endprompt.training.validation import data_identity, resume_data_problems
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,6 @@ def _holds_checkpoint(directory: str, allow_fresh_start: bool) -> bool:
 
 def _check_same_data(cfg: TrainConfig, state: dict) -> None:
     from megatron_endprompt.training.checkpoint_io import CheckpointError
-    from megatron_endprompt.training.validation import resume_data_problems
 
     problems = resume_data_problems(cfg, state.get("extra") or {})
     if problems and cfg.checkpoint.allow_changed_data:
@@ -160,17 +160,6 @@ def _set_aside_after(cfg: TrainConfig, iteration: int | None) -> None:
         set_aside_after(cfg.checkpoint.save, iteration)
     if dist.is_initialized():
         dist.barrier()
-
-
-def data_identity(cfg: TrainConfig) -> dict:
-    """What fixes the training order besides the position: stored with every checkpoint, compared on resume."""
-    d = cfg.data
-    return {
-        "global_batch_size": d.global_batch_size,
-        "data_seed": d.seed,
-        "data_paths": [Path(p).name for p in d.paths],  # the order is keyed by file names, not folders
-        "data_weights": d.weights,
-    }
 
 
 def _state_position(state, engine) -> tuple[int, int]:

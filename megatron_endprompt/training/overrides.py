@@ -79,8 +79,12 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(raw: dict[str, Any], args: list[str]) -> None:
-    """Write `--key value` pairs into the nested recipe dict `raw` (values stay strings until build_section)."""
+def apply_overrides(raw: dict[str, Any], args: list[str], sections: dict[str, type]) -> None:
+    """Write `--key value` pairs into the nested recipe dict `raw` (values stay strings until build_section).
+
+    sections: the recipe's section dataclasses by name (`training.config.SECTIONS`; passed in, so that this
+    module does not import the config it builds).
+    """
     i = 0
     while i < len(args):
         token = args[i]
@@ -92,7 +96,7 @@ def apply_overrides(raw: dict[str, Any], args: list[str]) -> None:
                 value, i = args[i + 1], i + 1
             else:
                 value = "true"  # bare boolean flag
-        path = _resolve_key(key.replace("-", "_"))
+        path = _resolve_key(key.replace("-", "_"), sections)
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -102,23 +106,21 @@ def apply_overrides(raw: dict[str, Any], args: list[str]) -> None:
         i += 1
 
 
-def _resolve_key(key: str) -> list[str]:
+def _resolve_key(key: str, sections: dict[str, type]) -> list[str]:
     """`optimizer.lr` -> [optimizer, lr]; a bare `lr` -> the one section that has it; errors suggest names."""
-    from megatron_endprompt.training.config import SECTIONS
-
     parts = key.split(".")
-    if parts[0] in SECTIONS:
+    if parts[0] in sections:
         if len(parts) < 2:
             raise ValueError(f"--{key}: give a key, e.g. --{key}.<field>")
         return parts
-    owners = [name for name, cls in SECTIONS.items() if parts[0] in _field_names(cls)]
+    owners = [name for name, cls in sections.items() if parts[0] in _field_names(cls)]
     if parts[0] in _field_names(ModelConfig) and "model" not in owners:
         owners.append("model")
     if len(owners) == 1:
         return [owners[0], *parts]
     if len(owners) > 1:
         raise ValueError(f"--{key} is ambiguous; write one of " + ", ".join(f"--{o}.{key}" for o in owners))
-    known = [f"{s}.{f}" for s, cls in SECTIONS.items() for f in _field_names(cls)]
+    known = [f"{s}.{f}" for s, cls in sections.items() for f in _field_names(cls)]
     hint = difflib.get_close_matches(key, known + [k.split(".")[1] for k in known], n=3)
     raise ValueError(
         f"unknown flag --{key}" + (f"; did you mean {', '.join('--' + h for h in hint)}?" if hint else "")

@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from megatron_endprompt.checkpoint_layout import MODEL_CONFIG_FILE
+from megatron_endprompt.model.config import ARCHITECTURE_FIELDS, ModelConfig
 from megatron_endprompt.model.te_choice import te_unusable_reason
 
 if TYPE_CHECKING:
@@ -314,9 +316,6 @@ def _check_io(cfg, model) -> list[str]:
 
 def _check_init_from_architecture(cfg, model) -> list[str]:
     """The weights of `--checkpoint.init_from` must fit the configured model; name the flag that disagrees."""
-    from megatron_endprompt.model.config import ModelConfig
-    from megatron_endprompt.training.config import ARCHITECTURE_FIELDS, MODEL_CONFIG_FILE
-
     path = Path(cfg.checkpoint.init_from or "") / MODEL_CONFIG_FILE
     if not cfg.checkpoint.init_from or not path.is_file():
         return []  # a missing dir is reported when the weights are read
@@ -337,11 +336,20 @@ def _check_init_from_architecture(cfg, model) -> list[str]:
     return errs
 
 
+def data_identity(cfg: TrainConfig) -> dict:
+    """What fixes the training order besides the position: stored with every checkpoint, compared on resume."""
+    d = cfg.data
+    return {
+        "global_batch_size": d.global_batch_size,
+        "data_seed": d.seed,
+        "data_paths": [Path(p).name for p in d.paths],  # the order is keyed by file names, not folders
+        "data_weights": d.weights,
+    }
+
+
 def resume_data_problems(cfg: TrainConfig, saved: dict) -> list[str]:
     """What fixes the data order and differs from the checkpoint's run (`saved`: its `data_identity`), each
     naming its flag. Keys the checkpoint lacks (older checkpoints) are not compared."""
-    from megatron_endprompt.training.loop import data_identity
-
     flags = {
         "global_batch_size": "--data.global_batch_size",
         "data_seed": "--data.seed",
