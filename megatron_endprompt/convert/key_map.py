@@ -22,6 +22,9 @@ from typing import Literal
 import torch
 
 from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.model.config import (
+    padded_vocab_size as padded_vocab_size,  # the one rule, re-exported
+)
 
 Kind = Literal["copy", "qkv", "concat", "vocab"]
 LAYER_PREFIX = "decoder.layers.{i}."
@@ -123,12 +126,6 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.num_layers):
         shapes.update({f"model.layers.{i}.{k}": s for k, s in layer.items()})
     return shapes
-
-
-def padded_vocab_size(vocab_size: int, tp: int = 1, divisible_by: int = 128) -> int:
-    """Megatron's padding: the smallest multiple of `divisible_by * tp` that holds the vocabulary."""
-    multiple = divisible_by * tp
-    return -(-vocab_size // multiple) * multiple
 
 
 def to_megatron(

@@ -16,11 +16,9 @@ import torch.nn.functional as F
 
 from megatron_endprompt.checkpoint_layout import LATEST_FILE, MODEL_CONFIG_FILE
 from megatron_endprompt.eval.greedy import greedy_recompute
+from megatron_endprompt.eval.megatron_hooks import NLL_CHUNK
 
 logger = logging.getLogger(__name__)
-
-NLL_CHUNK = 2048
-"""Sequence positions per log-softmax chunk: bounds memory at [chunk, vocab] floats."""
 
 
 class ModelBackend(Protocol):

@@ -135,7 +135,7 @@ def max_positions_of(checkpoint: str | Path) -> int:
     return megatron_io.read_model_json(megatron_io.resolve_checkpoint_dir(checkpoint)).max_position_embeddings
 
 
-def check_layout(args: argparse.Namespace) -> None:
+def check_launch_layout(args: argparse.Namespace) -> None:
     """Say plainly what the multi-rank path supports (see docs/evaluation.md)."""
     if args.pp != 1:
         raise ValueError("--pp: pipeline parallelism is not supported at evaluation; load with --pp 1 (the "
@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     from megatron_endprompt.eval.runner import evaluate, validate_request
     from megatron_endprompt.eval.tasks import validate_task_options
 
-    check_layout(args)
+    check_launch_layout(args)
     tok_type, tok_model = resolve_tokenizer(args.checkpoint, args.tokenizer, args.tokenizer_type)
     validate_request(args.tasks, args.lengths, args.depths, args.samples, max_positions_of(args.checkpoint),
                      args.max_new_tokens, args.ppl_data)  # fmt: skip

@@ -128,6 +128,16 @@ class ModelConfig:
         return cls(**data)
 
 
+VOCAB_PAD_MULTIPLE = 128
+"""megatron pads the vocabulary to a multiple of this times TP."""
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
+    """Vocabulary padded to a multiple of 128 * TP (megatron's convention), so TP shards are equal."""
+    multiple = VOCAB_PAD_MULTIPLE * tp
+    return -(-vocab_size // multiple) * multiple
+
+
 ARCHITECTURE_FIELDS = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "vocab_size",
     "kv_channels", "tie_word_embeddings",

@@ -26,25 +26,17 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_endprompt.model import rope_fused
 from megatron_endprompt.model.attention import check_sdpa_backend
 from megatron_endprompt.model.chunked_ce import chunked_cross_entropy
-from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.model.config import ModelConfig, padded_vocab_size
 from megatron_endprompt.model.rope import inv_freq_and_scaling, rope_freqs
 from megatron_endprompt.model.specs import block_spec
 from megatron_endprompt.model.transformer_config import EndPromptTransformerConfig
 
 logger = logging.getLogger(__name__)
 
-VOCAB_PAD_MULTIPLE = 128
-
 PREPROCESS_ROPE_SLOT = 1
 """Index of `rotary_pos_emb` in the tuple megatron-core 0.16.1's private `GPTModel._preprocess` returns (and its
 `forward` unpacks): (decoder_input, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, sequence_len_offset,
 padding_mask[, rotary_pos_cos_sin]). Pinned by tests/unit/test_model_forward.py against megatron itself."""
-
-
-def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
-    """Vocabulary padded to a multiple of 128 * TP (megatron's convention), so TP shards are equal."""
-    multiple = VOCAB_PAD_MULTIPLE * tp
-    return int(math.ceil(vocab_size / multiple) * multiple)
 
 
 def _yarn_config_fields(cfg: ModelConfig, attention_scaling: float) -> dict:

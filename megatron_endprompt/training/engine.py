@@ -79,7 +79,7 @@ class Engine:
         self.cfg = cfg
         self.model_config = model_config or cfg.model_config()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-        engine_build.check_layout(cfg)
+        engine_build.check_initialised_layout(cfg)
         self.model = engine_build.build_chunks(cfg, self.model_config, self.device)
         """This rank's model chunks in megatron DDP (several with a virtual pipeline)."""
         _apply_performance_options(cfg, self.model)

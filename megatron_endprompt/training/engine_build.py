@@ -16,7 +16,7 @@ NO_CLIP = 1e30
 """clip_grad stand-in when clipping is off: megatron only computes the grad norm when it clips."""
 
 
-def check_layout(cfg: TrainConfig) -> None:
+def check_initialised_layout(cfg: TrainConfig) -> None:
     """The initialised parallel_state must be the layout the config asks for."""
     from megatron.core import parallel_state as ps
 
