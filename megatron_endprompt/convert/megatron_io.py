@@ -12,10 +12,8 @@ sharding when it loads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ import torch
 from megatron_endprompt import checkpoint_layout
 from megatron_endprompt.convert.errors import ConversionError
 from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.parallel.cpu_support import cpu_safe_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -125,27 +124,6 @@ def build_model(cfg: ModelConfig, dtype: torch.dtype, meta: bool = False) -> tor
     except Exception as e:  # noqa: BLE001 - any failure: fall back to a real (memory-costly) build
         logger.warning("building the model on the meta device failed (%s); building it on the CPU", e)
         return _build(cfg, params_dtype=dtype, use_te=False)
-
-
-@contextlib.contextmanager
-def cpu_safe_checkpointing() -> Iterator[None]:
-    """Without CUDA, let megatron-core's dist_checkpointing run: scoped stand-ins for two CUDA calls.
-
-    megatron-core 0.16.1 calls `torch.cuda.synchronize()` in the async writer (`strategies/
-    filesystem_async.py`, `preload_tensors`) and `torch.cuda.current_device()` when finalising a save
-    (`strategies/state_dict_saver.py`, `save_state_dict_async_finalize`) even on CPU; `parallel/cpu_support.py`
-    does not cover those modules. Inside this context they are a no-op and the CPU device.
-    """
-    if torch.cuda.is_available():
-        yield
-        return
-    saved = torch.cuda.synchronize, torch.cuda.current_device
-    torch.cuda.synchronize = lambda *args, **kwargs: None
-    torch.cuda.current_device = lambda: torch.device("cpu")
-    try:
-        yield
-    finally:
-        torch.cuda.synchronize, torch.cuda.current_device = saved
 
 
 def save_dist_checkpoint(sharded_sd: dict, ckpt_dir: Path) -> None:

@@ -28,6 +28,13 @@ recompute and schedule; pipeline p2p paths in tests/distributed/test_cp_attentio
    Their module-level choices are set to what megatron picks without TE: torch AdamW / Adam, megatron's
    local multi-tensor implementations and its torch norm (logged once). The layer spec follows the same rule
    (`model.te_choice`: TE only when importable AND a CUDA device is present).
+5. `cpu_safe_checkpointing()`: a context manager, not a global patch, around megatron's dist_checkpointing
+   calls (training's checkpoints and the converters): `torch.cuda.synchronize` / `current_device` /
+   `Tensor.cuda` stand-ins for the duration of one save or load.
+
+Scope: `apply()` runs from `parallel.initialize` only when `torch.cuda.is_available()` is False, and
+`cpu_safe_checkpointing` is a no-op with CUDA, so nothing here touches a CUDA run. The patches 1-3 are
+process-wide once applied (megatron reads these module globals at call time; a CPU process never has CUDA).
 """
 
 from __future__ import annotations
@@ -287,6 +294,33 @@ def _fall_back_from_transformer_engine() -> bool:
         "but its fused Adam needs a CUDA device)"
     )
     return True
+
+
+# ---------------------------------------------------------------- dist_checkpointing
+
+
+@contextlib.contextmanager
+def cpu_safe_checkpointing():
+    """Without CUDA, scoped stand-ins for the CUDA calls megatron-core makes while checkpointing on CPU
+    (training's saves and loads, the converters'); nothing changes with CUDA.
+
+    megatron-core 0.16.1 calls `torch.cuda.synchronize()` (`strategies/filesystem_async.py`, preload_tensors)
+    and `torch.cuda.current_device()` (`strategies/state_dict_saver.py`, save finalisation) on every save, and
+    the fp16 grad scaler's load_state_dict moves its scale with `Tensor.cuda()` (`optimizer/grad_scaler.py`).
+    Those live outside `_CUDA_MODULES` (torch's own namespace), so they are swapped for the duration of one call
+    only: `synchronize` a no-op, `current_device` the CPU device, `Tensor.cuda` the identity.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda = saved
 
 
 # ---------------------------------------------------------------- entry point

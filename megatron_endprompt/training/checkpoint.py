@@ -41,6 +41,7 @@ from megatron_endprompt import checkpoint_layout
 from megatron_endprompt.checkpoint_layout import MODEL_CONFIG_FILE
 from megatron_endprompt.model.config import ARCHITECTURE_FIELDS, ModelConfig
 from megatron_endprompt.model.portable_state import load_model_state, load_sharded_model_state
+from megatron_endprompt.parallel.cpu_support import cpu_safe_checkpointing
 from megatron_endprompt.training import checkpoint_rng
 from megatron_endprompt.training.checkpoint_io import (
     COMPLETE_MARKER,
@@ -90,7 +91,7 @@ def save_checkpoint(
     _check_finite_weights(engine, Path(save_dir) / checkpoint_name(iteration))
     _on_rank0(lambda: begin_save(save_dir, iteration))
     tmp = Path(save_dir) / (checkpoint_name(iteration) + ".tmp")
-    with _cpu_safe_dist_checkpointing():
+    with cpu_safe_checkpointing():
         dist_checkpointing.save(_model_sharded_state_dict(engine), str(tmp), _parallel_save_strategy())
     if rank0:
         (tmp / OPTIMIZER_DIR).mkdir()
@@ -99,7 +100,7 @@ def save_checkpoint(
     opt_sd = engine.optimizer.sharded_state_dict(
         _model_sharded_state_dict(engine), is_loading=False, metadata=_optimizer_metadata(engine)
     )
-    with _cpu_safe_dist_checkpointing():
+    with cpu_safe_checkpointing():
         dist_checkpointing.save(opt_sd, str(tmp / OPTIMIZER_DIR), _parallel_save_strategy())
     checkpoint_rng.write(_rng_file(tmp), checkpoint_rng.capture())
     if rank0:
@@ -247,28 +248,6 @@ def _check_finite_weights(engine, destination: Path) -> None:
 # ---------------------------------------------------------------------- model and optimizer
 
 
-@contextlib.contextmanager
-def _cpu_safe_dist_checkpointing() -> Iterator[None]:
-    """Without CUDA, scoped stand-ins for the CUDA calls megatron-core makes while checkpointing on CPU.
-
-    megatron-core 0.16.1 calls `torch.cuda.synchronize()` (`strategies/filesystem_async.py`, preload_tensors)
-    and `torch.cuda.current_device()` (`strategies/state_dict_saver.py`, save finalisation) on every save, and
-    the fp16 grad scaler's load_state_dict moves its scale with `Tensor.cuda()` (`optimizer/grad_scaler.py`).
-    `parallel/cpu_support.py` does not patch those, so this does, for the duration of one call.
-    """
-    if torch.cuda.is_available():
-        yield
-        return
-    saved = torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda
-    torch.cuda.synchronize = lambda *args, **kwargs: None
-    torch.cuda.current_device = lambda: torch.device("cpu")
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    try:
-        yield
-    finally:
-        torch.cuda.synchronize, torch.cuda.current_device, torch.Tensor.cuda = saved
-
-
 def _model_sharded_state_dict(engine) -> dict:
     """The model's sharded state dict; virtual-pipeline chunks are nested under `chunk<i>`.
 
@@ -283,7 +262,7 @@ def _model_sharded_state_dict(engine) -> dict:
 
 def _load_model(engine, path: Path) -> None:
     """The model's weights, from a checkpoint written under either layer spec (`model.portable_state`)."""
-    with _cpu_safe_dist_checkpointing():
+    with cpu_safe_checkpointing():
         state = load_sharded_model_state(_model_sharded_state_dict(engine), path)
     chunks = engine.unwrapped_model()
     for i, chunk in enumerate(chunks):
@@ -316,10 +295,10 @@ def _load_optimizer(engine, path: Path) -> None:
     opt_sd = engine.optimizer.sharded_state_dict(
         _model_sharded_state_dict(engine), is_loading=True, metadata=_optimizer_metadata(engine)
     )
-    with _cpu_safe_dist_checkpointing():
+    with cpu_safe_checkpointing():
         state = dist_checkpointing.load(opt_sd, str(path / OPTIMIZER_DIR))
     # no_grad: the distributed optimizer copies into leaf tensors that require grad.
-    with torch.no_grad(), _cpu_safe_dist_checkpointing():
+    with torch.no_grad(), cpu_safe_checkpointing():
         engine.optimizer.load_state_dict(state)
     if engine.cfg.optimizer.use_distributed_optimizer:
         _restore_adam_steps(engine.optimizer)
