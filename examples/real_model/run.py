@@ -298,12 +298,12 @@ def cell_path(out: Path, model: str, task: str, length: int) -> Path:
     return out / "eval" / model / f"{task}_{length}.json"
 
 
-def cell_key(cfg: RealModelConfig, ckpt: Path, task: str, length: int) -> dict:
-    """What a cached cell depends on (a changed setting or checkpoint computes it again)."""
+def cell_key(cfg: RealModelConfig, ckpt: Path, task: str, length: int, tok) -> dict:
+    """What a cached cell depends on (a changed setting, checkpoint or prompt start computes it again)."""
     if task == "perplexity":
         return {"checkpoint": str(ckpt), "windows": cfg.ppl_windows, "heldout_chars": cfg.heldout_chars}
     return {"checkpoint": str(ckpt), "depths": list(cfg.depths), "samples": cfg.samples_at(length),
-            "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
+            "max_new_tokens": cfg.max_new_tokens, "bos": getattr(tok, "prepends_bos", True)}  # fmt: skip
 
 
 def run_cell(backend, tok, cfg: RealModelConfig, task: str, length: int, stream) -> dict:
@@ -330,7 +330,7 @@ def evaluate_all(out: Path, cfg: RealModelConfig, ckpts: dict[str, Path], deadli
     results: dict[str, dict] = {m: {} for m in MODELS}
     loaded: tuple[str, object] | None = None
     for model, task, n in eval_plan(cfg):
-        path, key = cell_path(out, model, task, n), cell_key(cfg, ckpts[model], task, n)
+        path, key = cell_path(out, model, task, n), cell_key(cfg, ckpts[model], task, n, tok)
         cell = read_json(path)
         if cell is None or cell.get("key") != key:
             if time.time() > deadline:

@@ -157,6 +157,10 @@ class HuggingFaceTokenizer:
             )
         self.eod = eod
         self.bos = self._resolve(_special_from_config(directory, "bos_token"), _BOS_CANDIDATES)
+        # whether the tokenizer's own encoding starts with BOS (Llama 3's does; SmolLM2's names <|im_start|> as its
+        # bos_token but never prepends it): evaluation prompts follow the tokenizer, as the model was trained
+        first = self._tok.encode("a", add_special_tokens=True).ids[:1]
+        self.prepends_bos = self.bos is not None and first == [self.bos]
 
     def _resolve(self, configured: str | None, candidates: tuple[str, ...]) -> int | None:
         for tok in ((configured,) if configured else ()) + candidates:
@@ -192,6 +196,7 @@ class AutoHFTokenizer:
             raise ValueError(f"--tokenizer-model {path}: the tokenizer has no eos_token (needed as EOD)")
         self.eod = int(self._tok.eos_token_id)
         self.bos = None if self._tok.bos_token_id is None else int(self._tok.bos_token_id)
+        self.prepends_bos = self.bos is not None and self._tok("a")["input_ids"][:1] == [self.bos]
         digest = hashlib.sha256()
         for f in sorted(p for p in path.iterdir() if p.is_file() and "token" in p.name):
             digest.update(f.name.encode() + bytes.fromhex(file_sha256(f)))

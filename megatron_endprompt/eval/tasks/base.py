@@ -121,7 +121,9 @@ class PromptBuilder:
     def __init__(self, tokenizer: TokenizerLike, layout: Layout, add_bos: bool = True):
         self.tok = tokenizer
         self.layout = layout
-        self.bos = [tokenizer.bos] if add_bos and tokenizer.bos is not None else []
+        # a Hugging Face tokenizer that never prepends its bos_token (prepends_bos False) gets none here either
+        prepends = getattr(tokenizer, "prepends_bos", True)
+        self.bos = [tokenizer.bos] if add_bos and prepends and tokenizer.bos is not None else []
         self._unit_tokens: list[int] = []
 
     def _unit_token_counts(self, n: int) -> list[int]:
