@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from megatron_endprompt.model.config import get_preset
-from megatron_endprompt.training.config import TrainConfig, from_dict, load_config
 from megatron_endprompt.model.te_choice import te_installed
+from megatron_endprompt.training.config import TrainConfig, from_dict, load_config
 from megatron_endprompt.training.validation import ConfigError
 
 BASE = ["--model.preset", "tiny", "--data.mock", "--training.train_steps", "4", "--data.seq_length", "64"]
