@@ -36,7 +36,8 @@ def accuracy_cell(cell: dict | None) -> str:
 def ppl_cell(cell: dict | None) -> str:
     if not cell or cell.get("ppl") is None:
         return "not run"
-    return f"{cell['ppl']:.2f} (n={cell['windows']}x{cell['tokens'] // max(1, cell['windows'])})"
+    per_window = cell["tokens"] // max(1, cell["windows"])
+    return f"{cell['ppl']:.2f} / {cell['tail_ppl']:.2f} (n={cell['windows']}x{per_window})"
 
 
 def table(rows: dict[str, dict], lengths: list[int], render) -> list[str]:

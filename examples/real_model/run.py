@@ -380,7 +380,8 @@ def write_report(path: Path, cfg: RealModelConfig, info: dict, results: dict) ->
         rows = {m: results[m].get(task, {}) for m in MODELS}
         lines += report.table(rows, inside + beyond, report.accuracy_cell) + [""]
     lines += ["## Held-out perplexity by window length", "",
-              f"Cells: perplexity (n = windows x tokens scored). Text: {info['heldout']}.", ""]  # fmt: skip
+              f"Cells: perplexity over the whole window / over its last quarter (where positions beyond the base "
+              f"window are scored), n = windows x tokens scored, fp32. Text: {info['heldout']}.", ""]  # fmt: skip
     rows = {m: results[m].get("perplexity", {}) for m in MODELS}
     lines += report.table(rows, list(cfg.ppl_lengths), report.ppl_cell) + [""]
     lines += ["## Costs measured before sizing", "", f"`{json.dumps(info['costs'])}`", ""]
@@ -394,9 +395,14 @@ def write_report(path: Path, cfg: RealModelConfig, info: dict, results: dict) ->
 
 
 def machine() -> str:
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load average {os.getloadavg()[0]:.1f} at the end"
+    """CPU model, core count, thread setting and load: the run shares its machine, so timings are upper bounds."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else "unknown CPU"
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    load = os.getloadavg()[0]
+    return f"{cpu}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={threads}, load average {load:.1f} when the report was written"
 
 
 def main(argv: list[str] | None = None) -> int:

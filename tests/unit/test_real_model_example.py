@@ -48,6 +48,7 @@ def test_settings_refuse_unknown_keys_and_long_physical_length():
     assert cfg.rope_scaling() == {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/common-licenses").is_dir(), reason="needs Debian's /usr/share text")
 def test_smoke_run_writes_every_stage_and_the_report(tmp_path):
     pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install '.[gguf]')")
