@@ -27,6 +27,8 @@ def accuracy_cell(cell: dict | None) -> str:
     """`k/n (lo-hi)`: prompts retrieved out of prompts run, with the Wilson 95% interval in percent."""
     if not cell:
         return "not run"
+    if cell.get("unplanned"):
+        return "-"
     scores = [r["score"] for r in cell["samples"]]
     k, n = sum(s >= 100 for s in scores), len(scores)
     lo, hi = wilson(k, n)

@@ -376,8 +376,11 @@ def write_report(path: Path, cfg: RealModelConfig, info: dict, results: dict) ->
     for task in cfg.tasks:
         lines += [f"## {task}: prompts retrieved / prompts run (Wilson 95% interval)", "",
                   f"Prompts per cell: {len(cfg.depths)} depths {list(cfg.depths)} x {cfg.samples} inside the window, "
-                  f"x {cfg.beyond_samples} beyond it (the n of each cell); fp32, greedy, RULER string match.", ""]  # fmt: skip
-        rows = {m: results[m].get(task, {}) for m in MODELS}
+                  f"x {cfg.beyond_samples} beyond it (the n of each cell); fp32, greedy, RULER string match; "
+                  "-: not planned, not run: left out by the time limit.", ""]  # fmt: skip
+        # inside the window only the base is evaluated (the plan's choice): "-", not "not run"
+        unplanned = {str(n): {"unplanned": True} for n in inside}
+        rows = {m: {**(unplanned if m != "base" else {}), **results[m].get(task, {})} for m in MODELS}
         lines += report.table(rows, inside + beyond, report.accuracy_cell) + [""]
     lines += ["## Held-out perplexity by window length", "",
               f"Cells: perplexity over the whole window / over its last quarter (where positions beyond the base "
