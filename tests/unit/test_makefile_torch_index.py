@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,10 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
+def _env_outside_make() -> dict[str, str]:
+    """The environment without an enclosing make's variables (`make test` runs these tests inside make)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+
 def _install_command(*assignments: str) -> str:
     proc = subprocess.run(
-        ["make", "-n", "install", "PYTHON=python3", *assignments],
-        capture_output=True, text=True, cwd=REPO, check=True, timeout=60,
+        ["make", "--no-print-directory", "-n", "install", "PYTHON=python3", *assignments],
+        capture_output=True, text=True, cwd=REPO, check=True, timeout=60, env=_env_outside_make(),
     )  # fmt: skip
     (line,) = proc.stdout.strip().splitlines()
     return line
