@@ -4,7 +4,7 @@ One program handles one token row (a (position, sample) pair) and a block of hea
 angles [d/2], computes cos/sin in float32, rotates both halves of every head in float32 and stores the input
 dtype. The same kernel with `sign = -1` is the backward pass (rotation by the negative angle).
 Checked against megatron's unfused RoPE on CPU under Triton's interpreter, with libdevice cos/sin stood in
-(tests/unit/test_rope_triton_interpret.py), and on a GPU (tests/gpu/test_perf_knobs_gpu.py); `rotate_reference`
+(tests/integration/test_rope_triton_interpret.py), and on a GPU (tests/gpu/test_perf_knobs_gpu.py); `rotate_reference`
 in rope_fused.py is the same maths in torch.
 """
 

@@ -6,8 +6,8 @@ tiny random Llama-3-like HF model (2 layers, width 64, rope_theta 500000, a byte
 `<|end_of_text|>` and `<|eot_id|>`) and `data/slimpajama/*.jsonl.gz` two small shards of synthetic text; the
 recipe is the real examples/llama3_8b_endprompt_64k.yaml. A README command that no rule below recognises, or a
 substituted flag whose README value changed, fails the test, so README and test cannot drift apart silently.
-`make demo` / `make test` are checked against the Makefile, not run (the demo has tests/unit/test_demo.py and
-`make test` would recurse).
+`make demo` / `make test` are checked against the Makefile, not run (the demo has tests/integration/test_demo.py
+and `make test` would recurse).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _stage_of(argv: list[str]) -> str:
     for prefix, stage in STAGES.items():
         if tuple(argv[: len(prefix)]) == prefix:
             return stage
-    raise AssertionError(f"README command not covered by tests/unit/test_readme.py: {' '.join(argv)}")
+    raise AssertionError(f"README command not covered by tests/integration/test_readme.py: {' '.join(argv)}")
 
 
 def _substitute_flags(argv: list[str], used: set[str]) -> list[str]:
