@@ -1,12 +1,10 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests.fixtures are redefined as arguments)
 """Builder: megatron-core reads our files, the reader replays the scheme functions, determinism, bad input,
-atomic output, sidecar size and versioning."""
+sidecar size and versioning. The CLI, and a build killed mid-way: tests/integration/test_build_cli.py."""
 
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,6 @@ from tests.fixtures.data_fixtures import (  # noqa: F401
     write_jsonl,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 CUES = ["End.", "@eod", "@token:<|eot|>", "This is the end of text, please pay attention here"]
 
 
@@ -216,69 +213,6 @@ def test_bad_input_counts_and_strict(tmp_path, sp_model):
     with pytest.raises(BuildError, match=r"bad.jsonl:2: malformed_json"):
         build(_cfg(tmp_path, bad, sp_model, scheme, name="strict", packing="document", strict=True))
     assert not list(tmp_path.glob("strict*"))  # nothing left behind
-    cli = _run_cli(
-        "--input",
-        str(bad),
-        "--output-prefix",
-        str(tmp_path / "s2"),
-        "--tokenizer-type",
-        "SentencePieceTokenizer",
-        "--tokenizer-model",
-        sp_model,
-        "--seq-length",
-        "16",
-        "--strict",
-        "--packing",
-        "document",
-    )
-    assert cli.returncode == 2 and "bad.jsonl:2: malformed_json" in cli.stderr
-
-
-def _run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "build_endprompt_data.py"), "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-    )
-
-
-def test_killed_build_leaves_no_complete_output_and_rerun_succeeds(tmp_path, corpus_jsonl, sp_model):
-    args = [
-        "--input",
-        str(corpus_jsonl),
-        "--tokenizer-type",
-        "SentencePieceTokenizer",
-        "--tokenizer-model",
-        sp_model,
-        "--seq-length",
-        "32",
-        "--append-eod",
-    ]
-    prefix = tmp_path / "k"
-    crashed = _run_cli(
-        *args, "--output-prefix", str(prefix), env={"MEGATRON_ENDPROMPT_TEST_CRASH_AFTER_SAMPLES": "5"}
-    )
-    assert crashed.returncode == -9
-    assert not Path(f"{prefix}.bin").exists() and not Path(f"{prefix}.idx").exists()
-    assert list(tmp_path.glob("k.bin.tmp-*"))  # the partial output is only a temporary file
-    with pytest.raises(FileNotFoundError):
-        load_samples(prefix)
-    ok = _run_cli(*args, "--output-prefix", str(prefix))
-    assert ok.returncode == 0, ok.stderr
-    assert len(load_samples(prefix)) > 5 and not list(tmp_path.glob("k.*.tmp-*"))
-    # A killed rebuild over a complete build leaves the old build readable and unchanged.
-    before = _outputs(prefix)
-    crashed = _run_cli(
-        *args,
-        "--seed",
-        "99",
-        "--output-prefix",
-        str(prefix),
-        env={"MEGATRON_ENDPROMPT_TEST_CRASH_AFTER_SAMPLES": "5"},
-    )
-    assert crashed.returncode == -9 and _outputs(prefix) == before
-    load_samples(prefix)
 
 
 def test_unknown_sidecar_version_rejected(tmp_path, corpus_jsonl, sp_model):
@@ -293,8 +227,6 @@ def test_unknown_sidecar_version_rejected(tmp_path, corpus_jsonl, sp_model):
         load_samples(tmp_path / "v")
     with pytest.raises(ValueError, match="unsupported sidecar version 99"):
         coverage_report(str(tmp_path / "v"))
-    cli = _run_cli("--output-prefix", str(tmp_path / "v"), "--report")
-    assert cli.returncode == 2 and "sidecar version 99" in cli.stderr
 
 
 def test_flag_errors_before_work(tmp_path, corpus_jsonl, sp_model):

@@ -1,12 +1,8 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests.fixtures are redefined as arguments)
-"""--prepend-bos: every document starts with the tokenizer's BOS; a tokenizer without one is refused."""
+"""--prepend-bos: every document starts with the tokenizer's BOS (a tokenizer without one is refused:
+tests/integration/test_build_cli.py)."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -15,8 +11,6 @@ from megatron_endprompt.data.builder import BuildConfig, build
 from megatron_endprompt.data.tokenizers import load_tokenizer
 from megatron_endprompt.positions import SchemeConfig
 from tests.fixtures.data_fixtures import corpus_jsonl, corpus_texts, data_dir, sp_model  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build(tmp, corpus, model, packing, prepend_bos, name):
@@ -55,23 +49,3 @@ def test_default_is_off(tmp_path, corpus_jsonl, corpus_texts, sp_model) -> None:
     stream = np.concatenate([s["tokens"] for s in load_samples(meta["config"]["output_prefix"])])
     assert tok.bos not in stream.tolist()
     assert meta["config"]["prepend_bos"] is False
-
-
-def test_tokenizer_without_bos_exits_2_naming_the_flag(tmp_path, corpus_jsonl) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = sorted(
-        {w for line in corpus_jsonl.read_text().splitlines() for w in json.loads(line)["text"].split()}
-    )
-    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    hf = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf.save(str(tmp_path / "tokenizer.json"))
-    assert load_tokenizer("HuggingFaceTokenizer", str(tmp_path / "tokenizer.json")).bos is None
-    cmd = [sys.executable, str(ROOT / "tools/build_endprompt_data.py"), "--input", str(corpus_jsonl)]
-    cmd += ["--output-prefix", str(tmp_path / "nobos"), "--tokenizer-type", "HuggingFaceTokenizer"]
-    cmd += ["--tokenizer-model", str(tmp_path / "tokenizer.json"), "--seq-length", "32", "--prepend-bos"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "--prepend-bos" in proc.stderr and "no BOS" in proc.stderr
-    assert not list(tmp_path.glob("nobos*"))

@@ -1,11 +1,6 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests.fixtures are redefined as arguments)
-"""Coverage report: exact against brute-force token pairs; CLI prints the table and writes a PNG."""
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Coverage report: exact against brute-force token pairs (the CLI's table and PNG:
+tests/integration/test_build_cli.py)."""
 
 import numpy as np
 from hypothesis import given, settings
@@ -14,8 +9,6 @@ from hypothesis import strategies as st
 from megatron_endprompt import positions as pos
 from megatron_endprompt.data.coverage import bucket_edges, distance_coverage
 from tests.fixtures.data_fixtures import corpus_jsonl, corpus_texts, data_dir, sp_model  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _brute(samples, t):
@@ -48,35 +41,3 @@ def test_endprompt_covers_long_distances_contiguous_does_not():
     ct = distance_coverage([pos.contiguous(256)], t)
     assert ep.pairs[-1] > 0 and ct.pairs[-1] == 0
     assert bucket_edges(t).tolist() == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
-
-
-def test_cli_report(tmp_path, corpus_jsonl, sp_model):
-    prefix = tmp_path / "rep"
-    cmd = [
-        sys.executable,
-        str(ROOT / "tools" / "build_endprompt_data.py"),
-        "--no-progress",
-        "--input",
-        str(corpus_jsonl),
-        "--output-prefix",
-        str(prefix),
-        "--tokenizer-type",
-        "SentencePieceTokenizer",
-        "--tokenizer-model",
-        sp_model,
-        "--scheme",
-        "endprompt-tail",
-        "--seq-length",
-        "32",
-        "--target-length",
-        "2048",
-        "--terminal-length",
-        "4",
-        "--report",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr
-    assert "[1024, 2047]" in out.stdout
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["pairs"][-1] > 0 and summary["target_length"] == 2048
-    assert (tmp_path / "rep.coverage.png").stat().st_size > 1000
