@@ -34,7 +34,6 @@ from megatron_endprompt.data.tokenizers import DEFAULT_MAX_CHARS_PER_ENCODE, enc
 from megatron_endprompt.positions import SchemeConfig
 
 logger = logging.getLogger(__name__)
-_CRASH_ENV = "MEGATRON_ENDPROMPT_TEST_CRASH_AFTER_SAMPLES"  # tests: SIGKILL the build after N samples
 OUTPUT_SUFFIXES = (".bin", ".seg", ".origin.npy", ".meta.json", ".idx")  # commit order: .idx last
 
 
@@ -380,7 +379,6 @@ def _write_samples(cfg: BuildConfig, files, cue_ids, dtype, tmp) -> dict:
 
     skipped: Counter = Counter()
     packer = Packer(cfg.scheme, cue_ids, cfg.seed, cfg.packing)
-    crash_after = int(os.environ.get(_CRASH_ENV, "0"))
     sidecar = SidecarWriter(
         tmp[".seg"], cfg.scheme.seq_length, cfg.scheme.target_length, cfg.scheme.max_segments()
     )
@@ -404,9 +402,6 @@ def _write_samples(cfg: BuildConfig, files, cue_ids, dtype, tmp) -> dict:
             for tokens, segments in packer.drain():
                 bin_f.write(tokens.astype(dtype).tobytes())
                 sidecar.add(segments)
-                if crash_after and sidecar.count >= crash_after:
-                    bin_f.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
     sidecar.close()
     with open(tmp[".origin.npy"], "wb") as f:  # a handle: np.save would append .npy to the temporary name
         np.save(f, packer.origins())
