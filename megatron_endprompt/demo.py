@@ -15,7 +15,10 @@ package's own entry points (data builder, training CLI, evaluation API, converte
 9. report     results.md (table) and results.png under --out
 
 The recipe is the toy reproduction's (examples/toy_reproduction/README.md), shortened to fit the budget; YaRN
-rather than PI because at this scale PI by 8 erases in-context retrieval, which YaRN keeps.
+rather than PI because at this scale PI by 8 erases in-context retrieval, which YaRN keeps. This file holds the
+recipe (`DemoConfig`, `FULL`, `FAST`), the stages and the report; the machinery it shares with the examples
+(datasets, training runs, scaling-only copies, evaluation) is `megatron_endprompt.experiments`, its figure
+`eval.plots.comparison_plot`.
 
 `--fast` shrinks every stage (a test runs it in CI); its numbers only show that the pipeline runs.
 """
@@ -25,17 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import yaml
-
+from megatron_endprompt import experiments
 from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus, write_passkey_corpus
 from megatron_endprompt.model.config import small_llama_fields
 
@@ -114,11 +114,7 @@ class DemoConfig:
 
     def rope_scaling(self) -> dict:
         """YaRN T/P0 of the extended and the scaling-only models."""
-        return {
-            "type": "yarn",
-            "factor": float(self.factor),
-            "original_max_position_embeddings": self.base_length,
-        }
+        return experiments.rope_scaling("yarn", self.factor, self.base_length)
 
 
 # FULL: the toy reproduction's base recipe, shortened (4 layers x width 256; aligned packing; a constant-LR
@@ -197,13 +193,8 @@ def make_corpus(out: Path, dc: DemoConfig, seed: int) -> dict[str, Path]:
         seed=seed,
     )
     half = max(50, dc.documents // 2)
-    low, high = dc.focus_words
-    focused = replace(
-        cfg,
-        documents=half,
-        retrieval_fraction=1.0,
-        repeat_fraction=0.0,
-        passkey_weight=dc.focus_passkey_weight,
+    focused = experiments.focused_corpus(
+        replace(cfg, documents=half, seed=seed + 3), dc.focus_passkey_weight, dc.focus_words
     )
     paths = {
         "train": write_corpus(out / "corpus" / "train.jsonl", cfg),
@@ -215,9 +206,7 @@ def make_corpus(out: Path, dc: DemoConfig, seed: int) -> dict[str, Path]:
             out / "corpus" / "warmup.jsonl",
             replace(cfg, documents=half, max_words=dc.warmup_max_words, seed=seed + 2),
         ),
-        "focus": write_corpus(
-            out / "corpus" / "focus.jsonl", replace(focused, min_words=low, max_words=high, seed=seed + 3)
-        ),
+        "focus": write_corpus(out / "corpus" / "focus.jsonl", focused),
     }
     logger.info("corpus: %s (%.2f MB)", paths["train"], paths["train"].stat().st_size / 1e6)
     return paths
@@ -225,14 +214,7 @@ def make_corpus(out: Path, dc: DemoConfig, seed: int) -> dict[str, Path]:
 
 def make_tokenizer(out: Path, corpus: Path, dc: DemoConfig) -> Path:
     """A SentencePiece model trained on the corpus text (digits split: keys are copied digit by digit)."""
-    from megatron_endprompt.data.tokenizers import train_sentencepiece
-
-    texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
-    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-    model = train_sentencepiece(
-        texts, out / "tokenizer" / "demo", vocab_size=dc.vocab_size, split_digits=True
-    )
-    return Path(model)
+    return experiments.train_tokenizer(corpus, out / "tokenizer" / "demo", dc.vocab_size)
 
 
 def build_data(
@@ -240,7 +222,6 @@ def build_data(
 ) -> dict[str, str]:
     """Warm-up samples, contiguous samples at P0 (base) and EndPrompt samples (P0 physical, positions up to T),
     every sample starting at a document start (`--packing aligned`: no question without its needle)."""
-    from megatron_endprompt.data.builder import BuildConfig, build
     from megatron_endprompt.positions import SchemeConfig
 
     prefixes = {}
@@ -252,154 +233,57 @@ def build_data(
     }
     for name, (source, scheme, cues) in datasets.items():
         prefix = str(out / "data" / name)
-        meta = build(
-            BuildConfig(
-                input=[str(source)],
-                output_prefix=prefix,
-                tokenizer_type="SentencePieceTokenizer",
-                tokenizer_model=str(tokenizer),
-                scheme=scheme,
-                cues=cues,
-                append_eod=True,
-                packing="aligned",
-                seed=seed,
-            )
+        meta = experiments.build_dataset(
+            source, prefix, tokenizer, scheme, cues, packing="aligned", seed=seed
         )
         logger.info("data %s: %s", name, meta.get("counts"))
         prefixes[name] = prefix
     return prefixes
 
 
-# ---------------------------------------------------------------------------------------------- stages 4-5
+# ---------------------------------------------------------------------------------------------- stages 4-6
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One training run of the demo or the toy reproduction (becomes a `megatron_endprompt.train` recipe)."""
-
-    data_prefix: str
-    """Built dataset prefix."""
-    seq_length: int
-    """Physical sample length of that dataset."""
-    global_batch: int
-    """Samples per optimizer step."""
-    steps: int
-    """Optimizer steps."""
-    lr: float
-    """Peak learning rate (cosine decay to lr / 10 after a short warmup)."""
-    save: str
-    """Checkpoint directory."""
-    seed: int = 0
-    """Initialisation and data-order seed."""
-    init_from: str | None = None
-    """Checkpoint whose weights start the run (None: random initialisation)."""
-    cue_loss_weight: float = 0.1
-    """Loss weight of EndPrompt cue tokens."""
-
-
-def recipe(run: RunSpec, model: dict) -> dict:
-    """The YAML recipe of `megatron_endprompt.train` for `run`; `model` holds the ModelConfig fields."""
-    micro = max(1, min(8, run.global_batch))
-    while run.global_batch % micro:
-        micro -= 1
-    return {
-        "model": {"preset": "tiny", **model},
-        "precision": {"dtype": "fp32"},
-        "optimizer": {
-            "lr": run.lr,
-            "min_lr": run.lr / 10,
-            "lr_schedule": "cosine",
-            "warmup_steps": min(20, run.steps // 5),
-            "weight_decay": 0.0,
-            "clip_grad": 1.0,
-        },
-        "data": {
-            "paths": [run.data_prefix],
-            "seq_length": run.seq_length,
-            "micro_batch_size": micro,
-            "global_batch_size": run.global_batch,
-            "split": "100,0,0",
-            "num_workers": 0,
-            "cue_loss_weight": run.cue_loss_weight,
-            "seed": run.seed,
-        },
-        "training": {"train_steps": run.steps, "seed": run.seed},
-        "checkpoint": {"save": run.save, "init_from": run.init_from},
-        "logging": {"log_interval": max(1, run.steps // 10)},
-    }
+def base_stage(
+    out: Path,
+    name: str,
+    data_prefix: str,
+    length: int,
+    steps: int,
+    dc: DemoConfig,
+    seed: int,
+    init_from: Path | str | None = None,
+) -> experiments.RunSpec:
+    """One base pretraining run at `length` tokens per sample, `dc.base_tokens_per_step` tokens per step."""
+    return experiments.RunSpec(
+        data_prefix,
+        length,
+        dc.base_tokens_per_step // length,
+        steps,
+        dc.lr,
+        str(out / "runs" / name),
+        seed,
+        init_from=None if init_from is None else str(init_from),
+    )
 
 
-def child_env() -> dict[str, str]:
-    """Environment of a training subprocess: this checkout importable, and no rendezvous settings inherited
-    (evaluating in this process initialises torch.distributed, which sets MASTER_PORT and friends)."""
-    drop = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
+def scaling_only(out: Path, base_ckpt: Path, dc: DemoConfig) -> Path:
+    """Base weights with the extension's YaRN scaling and no fine-tuning (`<out>/runs/pi_only`)."""
+    return experiments.config_copy(base_ckpt, out / "runs" / "pi_only", {"rope_scaling": dc.rope_scaling()})
 
 
-def run_training(out: Path, name: str, spec: dict) -> Path:
-    """`python -m megatron_endprompt.train --config <recipe>` in a subprocess; returns its final checkpoint
-    (an error if the run stopped before its last step)."""
-    from megatron_endprompt.training.checkpoint_io import find_latest, iteration_of
-
-    path = out / "recipes" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    save = Path(spec["checkpoint"]["save"])
-    if save.exists():
-        shutil.rmtree(save)  # a fresh run: the CLI would otherwise resume from it
-    env = child_env()
-    cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", str(path)]
-    logger.info("$ %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training run {name!r} failed (exit {proc.returncode}); recipe {path}")
-    latest = find_latest(save)
-    if latest is None:
-        raise RuntimeError(f"training run {name!r} left no checkpoint under {save}")
-    steps, reached = spec["training"]["train_steps"], iteration_of(latest)
-    if reached != steps:
-        # the trainer exits 0 after a stop signal (preemption), with a checkpoint taken early
-        raise RuntimeError(
-            f"training run {name!r} stopped at step {reached} of {steps} (a stop signal?); "
-            f"its checkpoint {latest} is not used"
-        )
-    return Path(latest)
-
-
-def pi_only(out: Path, base_ckpt: Path, dc: DemoConfig, rope_scaling: dict | None = None) -> Path:
-    """Base weights with linear RoPE scaling T/P0 (or the given `rope_scaling` fields), no fine-tuning: a copy
-    with an edited model config."""
-    from megatron_endprompt.training.config import MODEL_CONFIG_FILE
-
-    dest = out / "runs" / "pi_only"
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(base_ckpt, dest)
-    cfg = json.loads((dest / MODEL_CONFIG_FILE).read_text())
-    scaling = rope_scaling or {"type": "linear", "factor": float(dc.factor)}
-    cfg["rope_scaling"] = {**cfg["rope_scaling"], **scaling}
-    (dest / MODEL_CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-    return dest
-
-
-# ---------------------------------------------------------------------------------------------- stages 6-8
+# ---------------------------------------------------------------------------------------------- stages 7-9
 
 
 def evaluate_models(
     out: Path, models: dict[str, Path], tokenizer: Path, heldout: Path, dc: DemoConfig
 ) -> dict[str, dict]:
     """Passkey, NIAH (RULER niah_single_1) and held-out perplexity at every eval length for each model."""
-    from megatron_endprompt.data.tokenizers import load_tokenizer
-    from megatron_endprompt.eval.backends import MegatronBackend
     from megatron_endprompt.eval.runner import evaluate
 
-    tok = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
     runs = {}
     for label, ckpt in models.items():
-        backend = MegatronBackend.from_checkpoint(ckpt)
+        backend, tok = experiments.open_checkpoint(ckpt, tokenizer)
         runs[label] = evaluate(
             backend,
             tok,
@@ -412,10 +296,7 @@ def evaluate_models(
             ppl_data=str(heldout),
             ppl_windows=dc.ppl_windows,
             progress=False,
-            task_options={
-                "passkey": {"key_max": dc.passkey_max},
-                "niah_single_1": {"number_digits": dc.value_digits},
-            },
+            task_options=experiments.task_options(EVAL_TASKS, dc.passkey_max, dc.value_digits),
         )
         (out / "eval").mkdir(parents=True, exist_ok=True)
         (out / "eval" / f"{label}.json").write_text(json.dumps(runs[label], indent=1))
@@ -441,16 +322,6 @@ def export_hf(out: Path, ckpt: Path, tokenizer: Path) -> dict:
     if diff > 1e-3:
         raise RuntimeError(f"HF export of {ckpt} does not reproduce the logits (max diff {diff:.2e})")
     return {"hf_dir": str(hf_dir), "max_abs_logit_diff": diff}
-
-
-def final_loss(save: Path) -> float | None:
-    """Last logged training loss from `<save>/metrics.jsonl` (None when absent)."""
-    path = save / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    losses = [json.loads(line).get("loss") for line in path.read_text().splitlines() if line.strip()]
-    losses = [x for x in losses if x is not None]
-    return round(losses[-1], 4) if losses else None
 
 
 def write_report(out: Path, runs: dict[str, dict], info: dict, timings: dict[str, float]) -> Path:
@@ -508,79 +379,19 @@ def _cell_sizes(runs: dict[str, dict], dc: dict) -> str:
 
 
 def plot_results(runs: dict[str, dict], path: Path, dc: dict, fast: bool) -> Path:
-    """One panel per task (accuracy) and one for perplexity, against length; one line per model, the training
-    window P0 and the target T marked; a --fast run's figure says that its numbers mean nothing."""
-    import matplotlib
+    """`eval.plots.comparison_plot` of the eval tasks and perplexity, P0 and T marked; a --fast run's figure
+    says that its numbers mean nothing."""
+    from megatron_endprompt.eval.plots import OVERLAP_NOTE, comparison_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from megatron_endprompt.eval.plots import length_axis, series_style
-
-    window, target = dc["base_length"], dc["base_length"] * dc["factor"]
-    fig, axes = plt.subplots(
-        1, len(EVAL_TASKS) + 1, figsize=(4.8 * (len(EVAL_TASKS) + 1), 4.2), squeeze=False
-    )
-    panels = [(task, "accuracy (%)") for task in EVAL_TASKS] + [("perplexity", "held-out perplexity")]
-    for ax, (task, ylabel) in zip(axes[0], panels, strict=True):
-        lengths: set[int] = set()
-        for i, (label, res) in enumerate(runs.items()):
-            if task == "perplexity":
-                row = sorted((int(n), v["ppl"]) for n, v in (res.get("perplexity") or {}).items())
-            else:
-                row = sorted((int(n), v) for n, v in res["results"][task].items())
-            ax.plot([n for n, _ in row], [v for _, v in row], label=label, **series_style(i, len(runs)))
-            lengths.update(n for n, _ in row)
-        length_axis(ax, lengths, window, target, "window (tokens)" if task == "perplexity" else None)
-        if task == "perplexity":
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter("{x:g}")  # plain numbers, not 6 x 10^0
-            ax.yaxis.set_minor_formatter("{x:g}")
-        else:
-            ax.set_ylim(-5, 105)
-        ax.set(title=task, ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    caption = "Coinciding lines are drawn over each other (hollow markers of decreasing size)."
+    caption = OVERLAP_NOTE
     if fast:
         caption = "--fast: a pipeline check with tiny models; these numbers are NOT meaningful. " + caption
-    fig.suptitle(caption, fontsize=10, color="firebrick" if fast else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    window, target = dc["base_length"], dc["base_length"] * dc["factor"]
+    color = "firebrick" if fast else "black"
+    return comparison_plot(runs, path, EVAL_TASKS, window, target, caption, caption_color=color)
 
 
 # ---------------------------------------------------------------------------------------------- main
-
-
-def constant_lr(lr: float, steps: int) -> dict:
-    """Optimizer overrides of a warm-up run: constant LR after a short linear warm-up (copying from context
-    forms late in it, when a decaying LR would already be small)."""
-    return {"lr": lr, "min_lr": lr, "lr_schedule": "constant", "warmup_steps": min(100, steps // 5)}
-
-
-def base_stage(
-    out: Path,
-    name: str,
-    data_prefix: str,
-    length: int,
-    steps: int,
-    dc: DemoConfig,
-    seed: int,
-    init_from: Path | str | None = None,
-) -> RunSpec:
-    """One base pretraining run at `length` tokens per sample, `dc.base_tokens_per_step` tokens per step."""
-    return RunSpec(
-        data_prefix,
-        length,
-        dc.base_tokens_per_step // length,
-        steps,
-        dc.lr,
-        str(out / "runs" / name),
-        seed,
-        init_from=None if init_from is None else str(init_from),
-    )
 
 
 def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
@@ -592,14 +403,14 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
     tokenizer = st.run("tokenizer", make_tokenizer, out, corpus["train"], dc)
     data = st.run("data", build_data, out, corpus, tokenizer, dc, seed)
     model = dc.model_overrides()
-    warmup = recipe(
+    warmup = experiments.recipe(
         base_stage(out, "warmup", data["warmup"], dc.warmup_length, dc.warmup_steps, dc, seed), model
     )
-    warmup["optimizer"].update(constant_lr(dc.lr, dc.warmup_steps))
-    base = st.run("warmup", run_training, out, "warmup", warmup)
+    warmup["optimizer"].update(experiments.constant_lr(dc.lr, dc.warmup_steps))
+    base = st.run("warmup", experiments.run_training, out, "warmup", warmup)
     base_run = base_stage(out, "base", data["base"], dc.base_length, dc.base_steps, dc, seed, init_from=base)
-    base = st.run("base", run_training, out, "base", recipe(base_run, model))
-    ext_run = RunSpec(
+    base = st.run("base", experiments.run_training, out, "base", experiments.recipe(base_run, model))
+    ext_run = experiments.RunSpec(
         data["endprompt"],
         dc.base_length,
         dc.extend_batch,
@@ -610,15 +421,17 @@ def run_demo(out: Path, dc: DemoConfig, fast: bool, seed: int = 0) -> dict:
         init_from=str(base),
     )
     ext_model = {**model, "rope_scaling": dc.rope_scaling()}
-    extended = st.run("extend", run_training, out, "extended", recipe(ext_run, ext_model))
-    models = {"base": base, "yarn_only": pi_only(out, base, dc, dc.rope_scaling()), "extended": extended}
+    extended = st.run(
+        "extend", experiments.run_training, out, "extended", experiments.recipe(ext_run, ext_model)
+    )
+    models = {"base": base, "yarn_only": scaling_only(out, base, dc), "extended": extended}
     runs = st.run("eval", evaluate_models, out, models, tokenizer, heldout, dc)
     export = st.run("export", export_hf, out, extended, tokenizer)
     info = {
         "fast": fast,
         "config": asdict(dc),
-        "base_loss": final_loss(out / "runs" / "base"),
-        "extend_loss": final_loss(out / "runs" / "extended"),
+        "base_loss": experiments.final_loss(out / "runs" / "base"),
+        "extend_loss": experiments.final_loss(out / "runs" / "extended"),
         "export": export,
     }
     report = st.run("report", write_report, out, runs, info, st.timings)

@@ -68,3 +68,17 @@ def test_heatmap_title_gives_prompts_per_cell(tmp_path, monkeypatch) -> None:
     }
     assert depth_heatmap(results, "passkey", tmp_path / "h.png").is_file()
     assert titles == ["passkey; 8 prompts per cell"]
+
+
+def test_panel_grid_hides_unused_cells_and_series_points_skip_missing_values() -> None:
+    from megatron_endprompt.eval.plots import panel_grid, perplexity_axis, series_points
+
+    fig, axes = panel_grid(3, 2, 4.0, 3.0)
+    assert len(axes) == 3 and [ax.get_visible() for ax in fig.axes] == [True, True, True, False]
+    assert tuple(fig.get_size_inches()) == (8.0, 6.0)
+    perplexity_axis(axes[0])
+    assert axes[0].get_yscale() == "log"
+    plt.close(fig)
+    results = {"results": {"passkey": {"1024": 50.0, "256": 100.0}}, "perplexity": {"256": {"ppl": None}}}
+    assert series_points(results, "passkey") == [(256, 100.0), (1024, 50.0)]
+    assert series_points(results, "perplexity") == []

@@ -16,13 +16,27 @@ import megatron_endprompt
 PACKAGE = Path(megatron_endprompt.__file__).parent
 ROOT = "megatron_endprompt"
 
-LAYERS = {"positions": 0, "data": 1, "model": 2, "parallel": 3, "training": 4, "convert": 4, "eval": 5}
-"""positions <- data <- model <- parallel <- training / convert <- eval; training and convert are peers that
-must not import each other."""
+LAYERS = {
+    "positions": 0,
+    "data": 1,
+    "model": 2,
+    "parallel": 3,
+    "training": 4,
+    "convert": 4,
+    "eval": 5,
+    "demo_corpus": 6,
+    "experiments": 7,
+    "demo": 8,
+    "train": 8,
+}
+"""positions <- data <- model <- parallel <- training / convert <- eval, then the top-level modules above them:
+demo_corpus (the synthetic corpus) <- experiments (what the demo and the examples share) <- demo / train (the
+entry points). Modules of one level are peers that must not import each other (training and convert; demo and
+train)."""
 BASE = {"checkpoint_layout", "machine", "warnings_filter"}
 """Top-level helpers below every layer: they import nothing of ours."""
-ENTRY_POINTS = {"", "demo", "demo_corpus", "train"}
-"""The package root, the demo and the train CLI sit above every layer."""
+ENTRY_POINTS = {""}
+"""The package root (its lazy `load_model`) may import anything."""
 
 
 def _modules() -> dict[str, Path]:
