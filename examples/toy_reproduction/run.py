@@ -15,9 +15,12 @@
 4. Passkey and NIAH (RULER niah_single_1) up to T for every variant and extension seed; a results table and a
    plot with the exact command, the hardware, wall time and training FLOPs per variant.
 
-Every stage calls the package (data builder, `python -m megatron_endprompt.train`, `eval.evaluate`). This file
-runs the stages and caches them; `toy_config.py` holds the settings, `toy_report.py` the tables and the plot.
-Settings come from a YAML file (default: `config.yaml` next to this script) and `--set key=value` overrides.
+Every stage calls the package (data builder, `python -m megatron_endprompt.train`, `eval.evaluate`) through
+`megatron_endprompt.experiments`, the machinery it shares with the CPU demo. This file runs the stages and
+caches them; `toy_config.py` holds the settings, `toy_report.py` the tables and the plot. Settings come from a
+YAML file (default: `config.yaml` next to this script) and `--set key=value` overrides. The package must be
+importable (`make install`, or `PYTHONPATH=.` in a checkout); the sibling modules are, as this script's folder
+is on `sys.path` when it runs (tests: pyproject's `pythonpath`).
 
     python examples/toy_reproduction/run.py --out runs/toy [--config FILE] [--set base_steps=300 ...] [--jobs 2]
     python examples/toy_reproduction/run.py --out runs/toy --report-only   # rebuild the report from results
@@ -42,16 +45,12 @@ import traceback
 from pathlib import Path
 from typing import NamedTuple
 
-# run from a checkout without installing; the sibling modules however this file is loaded (tests load it by path)
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy_config import PAPER_CUES, VARIANTS, ToyConfig, load_toy_config  # noqa: F401
+from toy_report import hardware, markdown, plot, recorded_command
 
-from toy_config import PAPER_CUES, VARIANTS, ToyConfig, load_toy_config  # noqa: E402, F401
-from toy_report import hardware, markdown, plot, recorded_command  # noqa: E402
-
-from megatron_endprompt import demo, demo_corpus  # noqa: E402
-from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus  # noqa: E402
-from megatron_endprompt.training.checkpoint_io import write_text_atomic  # noqa: E402
+from megatron_endprompt import demo_corpus, experiments
+from megatron_endprompt.demo_corpus import CorpusConfig, write_corpus
+from megatron_endprompt.training.checkpoint_io import write_text_atomic
 
 logger = logging.getLogger("toy_reproduction")
 
@@ -153,9 +152,6 @@ def check_data_settings(out: Path, cfg: ToyConfig) -> None:
 
 def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
     """Corpus, tokenizer and every dataset (skipped when already built with the same data settings)."""
-    from megatron_endprompt.data.builder import BuildConfig, build
-    from megatron_endprompt.data.tokenizers import train_sentencepiece
-
     check_data_settings(out, cfg)
     corpus = out / "corpus" / "train.jsonl"
     if not corpus.is_file():
@@ -166,13 +162,10 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
         write_corpus(heldout, corpus_config(cfg, docs, seed=1))
     focus = out / "corpus" / "focus.jsonl"
     if cfg.focus_steps and not focus.is_file():
-        focused = dataclasses.replace(
+        focused = experiments.focused_corpus(
             corpus_config(cfg, cfg.documents // 2, seed=2),
-            retrieval_fraction=1.0,
-            repeat_fraction=0.0,
-            passkey_weight=cfg.focus_passkey_weight,
-            min_words=cfg.focus_min_words,
-            max_words=cfg.focus_max_words,
+            cfg.focus_passkey_weight,
+            (cfg.focus_min_words, cfg.focus_max_words),
         )
         write_corpus(focus, focused)
     generic = out / "corpus" / "generic.jsonl"
@@ -184,32 +177,15 @@ def build_all(out: Path, cfg: ToyConfig) -> tuple[Path, dict[str, str]]:
         write_passkey_corpus(warmup, cfg, cfg.documents // 2, seed=3)
     tok = out / "tokenizer" / "toy.model"
     if not tok.is_file():
-        tok.parent.mkdir(parents=True, exist_ok=True)
-        texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
-        tok = Path(
-            train_sentencepiece(
-                texts, out / "tokenizer" / "toy", vocab_size=cfg.vocab_size, split_digits=True
-            )
-        )
+        tok = experiments.train_tokenizer(corpus, out / "tokenizer" / "toy", cfg.vocab_size)
     prefixes = {}
     for name, (scheme, cues) in schemes(cfg).items():
         extension = not name.startswith("base_")
         prefix = out / "data" / (name + (cfg.run_suffix if extension else ""))
-        source = generic if extension and cfg.extend_corpus == "generic" else corpus
+        general = generic if extension and cfg.extend_corpus == "generic" else corpus
+        source = {"base_focus": focus, "base_warmup": warmup}.get(name, general)
         if not Path(f"{prefix}.idx").is_file():
-            build(
-                BuildConfig(
-                    input=[str({"base_focus": focus, "base_warmup": warmup}.get(name, source))],
-                    output_prefix=str(prefix),
-                    tokenizer_type="SentencePieceTokenizer",
-                    tokenizer_model=str(tok),
-                    scheme=scheme,
-                    cues=cues,
-                    append_eod=True,
-                    packing=cfg.packing,
-                    seed=0,
-                )
-            )
+            experiments.build_dataset(source, prefix, tok, scheme, cues, cfg.packing, seed=0)
         prefixes[name] = str(prefix)
     return tok, prefixes
 
@@ -269,13 +245,13 @@ def located(done: Path, recorded: str) -> Path:
 
 
 def _train(
-    out: Path, name: str, run: demo.RunSpec, model: dict, optimizer: dict | None = None
+    out: Path, name: str, run: experiments.RunSpec, model: dict, optimizer: dict | None = None
 ) -> tuple[Path, float]:
     """One training run through the CLI, reusing a finished one made with the same settings; returns
     (checkpoint, wall seconds). `optimizer` overrides keys of the recipe's optimizer section."""
     from megatron_endprompt.training.checkpoint_io import find_latest
 
-    spec = demo.recipe(run, model)
+    spec = experiments.recipe(run, model)
     spec["optimizer"].update(optimizer or {})
     done = out / "runs" / f"{name}.done.json"
     key = fingerprint(out, spec, lineage(run.init_from))
@@ -284,7 +260,7 @@ def _train(
         return located(done, info["checkpoint"]), info["seconds"]
     done.unlink(missing_ok=True)  # a run killed from here on leaves no stale marker
     start = time.perf_counter()
-    ckpt = demo.run_training(out, name, spec)
+    ckpt = experiments.run_training(out, name, spec)
     seconds = round(time.perf_counter() - start, 1)
     info = {"checkpoint": str(find_latest(run.save) or ckpt), "seconds": seconds, "fingerprint": key}
     write_json(done, info)
@@ -305,7 +281,7 @@ class BaseStage(NamedTuple):
 
 def warmup_optimizer(cfg: ToyConfig) -> dict:
     """Constant LR for the warm-up: copying forms late in it, when a decaying LR would already be small."""
-    return demo.constant_lr(cfg.warmup_lr, cfg.warmup_steps)
+    return experiments.constant_lr(cfg.warmup_lr, cfg.warmup_steps)
 
 
 def base_stages(cfg: ToyConfig) -> list[BaseStage]:
@@ -331,7 +307,7 @@ def train_base(out: Path, cfg: ToyConfig, data: dict[str, str]) -> tuple[Path, f
     """Curriculum stages at increasing length, each starting from the previous stage's weights."""
     init, total = None, 0.0
     for stage in base_stages(cfg):
-        run = demo.RunSpec(
+        run = experiments.RunSpec(
             data[stage.dataset],
             stage.length,
             cfg.base_tokens_per_step // stage.length,
@@ -358,7 +334,7 @@ def extend(
     if variant == "pi_only":
         return scaled_copy(out, cfg, base), 0.0
     p = physical_length(cfg, variant)
-    run = demo.RunSpec(
+    run = experiments.RunSpec(
         data[variant],
         p,
         cfg.extend_tokens_per_step // p,
@@ -379,18 +355,14 @@ def scaled_copy(out: Path, cfg: ToyConfig, base: Path) -> Path:
     key = fingerprint(out, {"base": str(base), "rope_scaling": rope_scaling(cfg)}, lineage(base))
     if cached(done, key, "pi_only") is not None and (out / "runs" / "pi_only").is_dir():
         return out / "runs" / "pi_only"
-    dc = dataclasses.replace(demo.FULL, base_length=cfg.base_length, factor=cfg.factor)
-    copy = demo.pi_only(out, base, dc, rope_scaling(cfg))
+    copy = experiments.config_copy(base, out / "runs" / "pi_only", {"rope_scaling": rope_scaling(cfg)})
     write_json(done, {"checkpoint": str(copy), "seconds": 0.0, "fingerprint": key})
     return copy
 
 
 def rope_scaling(cfg: ToyConfig) -> dict:
     """ModelConfig.rope_scaling fields of every extended model."""
-    scaling = {"type": cfg.scaling, "factor": float(cfg.factor)}
-    if cfg.scaling == "yarn":
-        scaling["original_max_position_embeddings"] = cfg.base_length
-    return scaling
+    return experiments.rope_scaling(cfg.scaling, cfg.factor, cfg.base_length)
 
 
 def base_flops(cfg: ToyConfig) -> float:
@@ -422,32 +394,19 @@ def training_flops(cfg: ToyConfig, variant: str) -> float:
 
 def task_options(cfg: ToyConfig) -> dict[str, dict[str, int]]:
     """Eval keys drawn like the corpus's: passkeys 1..passkey_max, magic numbers of value_digits digits."""
-    from megatron_endprompt.eval.tasks import TASK_OPTIONS
-
-    out: dict[str, dict[str, int]] = {}
-    for task in cfg.eval_tasks:
-        accepted = TASK_OPTIONS.get(task, {})
-        if "key_max" in accepted:
-            out[task] = {"key_max": cfg.passkey_max}
-        if "number_digits" in accepted:
-            out[task] = {"number_digits": cfg.value_digits}
-    return out
+    return experiments.task_options(cfg.eval_tasks, cfg.passkey_max, cfg.value_digits)
 
 
 def evaluate_run(out: Path, cfg: ToyConfig, tokenizer: Path, label: str, ckpt: Path, seed: int) -> dict:
     """`eval.evaluate` on one checkpoint, one cached evaluation per length (<out>/eval/<label>_L<n>.json, kept
     while the eval settings and the checkpoint's lineage stay the same), merged: adding a length to
     `eval_lengths` evaluates only that length."""
-    from megatron_endprompt.data.tokenizers import load_tokenizer
-    from megatron_endprompt.eval.backends import MegatronBackend
-
-    loaded: dict = {}
+    loaded: list = []
 
     def model():  # loaded once, and only if some length is not cached
         if not loaded:
-            loaded["tok"] = load_tokenizer("SentencePieceTokenizer", str(tokenizer))
-            loaded["backend"] = MegatronBackend.from_checkpoint(ckpt)
-        return loaded["backend"], loaded["tok"]
+            loaded.extend(experiments.open_checkpoint(ckpt, tokenizer))
+        return loaded
 
     parts = [_evaluate_length(out, cfg, label, ckpt, seed, n, model) for n in cfg.eval_lengths]
     return merge_evals(parts)

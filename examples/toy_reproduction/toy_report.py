@@ -250,23 +250,15 @@ def markdown(results: dict, meta: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    """Accuracy vs prompt length per task, one line per variant (mean over seeds, std as error bar)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from megatron_endprompt.eval.plots import length_axis, series_style
+    """Accuracy vs prompt length per task, one line per variant (mean over seeds, std as error bar): this
+    report's layout, drawn with `megatron_endprompt.eval.plots`' axes and series styles."""
+    from megatron_endprompt.eval import plots
 
     cfg, rows = results["config"], results["rows"]
     tasks = report_tasks(cfg)
-    ncols = min(2, len(tasks))
-    nrows = -(-len(tasks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(tasks) :]:
-        ax.set_visible(False)
+    fig, axes = plots.panel_grid(len(tasks), min(2, len(tasks)), 6.5, 4.2)
     window, target = cfg["base_length"], cfg["base_length"] * cfg["factor"]
-    for ax, task in zip(axes.flat, tasks, strict=False):
+    for ax, task in zip(axes, tasks, strict=True):
         for i, (name, row) in enumerate(rows.items()):
             stats = [score(row, task, n) for n in cfg["eval_lengths"]]
             ax.errorbar(
@@ -275,33 +267,23 @@ def plot(results: dict, path: Path) -> Path:
                 yerr=[s for _, s in stats],
                 capsize=3,
                 label=row_label(name, cfg),
-                **series_style(i, len(rows)),
+                **plots.series_style(i, len(rows)),
             )
-        length_axis(ax, cfg["eval_lengths"], window, target, "prompt length (tokens)")
+        plots.length_axis(ax, cfg["eval_lengths"], window, target, "prompt length (tokens)")
         if task.endswith(NLL_SUFFIX):
             ax.axhline(2.303, color="grey", linestyle=":", linewidth=0.8)  # ln 10: a uniform guess per digit
             ax.set_ylabel("answer NLL (nats/token; lower is better)")
         elif task.startswith("perplexity"):
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter("{x:g}")  # plain numbers, not 10^0
-            ax.yaxis.set_minor_formatter("{x:g}")
-            ax.set_ylabel("held-out perplexity" + (" (last quarter)" if task.endswith("tail") else ""))
+            plots.perplexity_axis(
+                ax, "held-out perplexity" + (" (last quarter)" if task.endswith("tail") else "")
+            )
         else:
-            ax.set_ylim(-5, 105)
-            ax.set_ylabel("accuracy (%)")
+            plots.accuracy_axis(ax)
         ax.set_title(f"{task} (P0 = {window}, T = {target})")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(
-        "Mean over seeds, bars: std over seeds. Coinciding lines are drawn over each other (hollow markers of "
-        "decreasing size).",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Mean over seeds, bars: std over seeds. " + plots.OVERLAP_NOTE, fontsize=9)
+    return plots.save_figure(fig, path, dpi=120)
 
 
 def hardware(jobs: int = 1, threads: int | None = None) -> str:

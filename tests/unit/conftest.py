@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests of examples/toy_reproduction (a script directory, not a package)."""
+"""Fixtures shared by the unit tests of examples/toy_reproduction (a script directory, not a package: its
+folder is on sys.path through pyproject's `pythonpath`, as it is when run.py runs as a script)."""
 
 import importlib.util
 import sys
@@ -22,7 +23,7 @@ def toy():
 
 @pytest.fixture(scope="session")
 def report(toy):
-    """The report module (`toy_report.py`, importable once run.py is loaded)."""
+    """The report module (`toy_report.py`)."""
     import toy_report
 
     return toy_report

@@ -201,7 +201,7 @@ def test_scaling_reaches_every_extended_model(toy, tmp_path) -> None:
 
 @pytest.fixture
 def trained(toy, monkeypatch) -> list[str]:
-    """Names of the runs `demo.run_training` was asked for; each fake run leaves one empty checkpoint."""
+    """Names of the runs `experiments.run_training` was asked for; each fake run leaves one empty checkpoint."""
     names: list[str] = []
 
     def fake_run_training(out, name, spec):
@@ -211,16 +211,18 @@ def trained(toy, monkeypatch) -> list[str]:
         (ckpt / "checkpoint_complete").touch()  # a committed checkpoint, as training leaves it
         return ckpt
 
-    monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
+    monkeypatch.setattr(toy.experiments, "run_training", fake_run_training)
     return names
 
 
 def train_chain(toy, out: Path, lr: float = 1e-3, variant_steps: int = 5) -> Path:
     """A base and a variant trained from it under `out` (cached like the real runs); the variant's checkpoint."""
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    base = toy.demo.RunSpec("/d/base", 256, 4, 10, lr, str(out / "runs" / "base"))
+    base = toy.experiments.RunSpec("/d/base", 256, 4, 10, lr, str(out / "runs" / "base"))
     ckpt, _ = toy._train(out, "base", base, {})
-    run = toy.demo.RunSpec("/d/v", 256, 4, variant_steps, 1e-4, str(out / "runs" / "v"), init_from=str(ckpt))
+    run = toy.experiments.RunSpec(
+        "/d/v", 256, 4, variant_steps, 1e-4, str(out / "runs" / "v"), init_from=str(ckpt)
+    )
     return toy._train(out, "v", run, {})[0]
 
 

@@ -38,7 +38,7 @@ def fakes(toy, monkeypatch) -> set[str]:
     def fake_evaluate(backend, tok, **request):
         return {"results": {"passkey": {str(n): backend.parent.name for n in request["lengths"]}}}
 
-    monkeypatch.setattr(toy.demo, "run_training", fake_run_training)
+    monkeypatch.setattr(toy.experiments, "run_training", fake_run_training)
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     monkeypatch.setattr(tokenizers, "load_tokenizer", lambda *a: None)
     monkeypatch.setattr(backends.MegatronBackend, "from_checkpoint", staticmethod(lambda ckpt: Path(ckpt)))
