@@ -21,6 +21,7 @@ from megatron_endprompt.convert.hf_config import read_hf_config
 from megatron_endprompt.convert.hf_io import HFReader
 from megatron_endprompt.convert.staging import check_output_dir, refuse_overwriting_input, staged_dir
 from megatron_endprompt.model.config import ModelConfig
+from megatron_endprompt.model.split import SplitNames, split_problems
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +40,24 @@ class ConversionSummary:
     seconds: float
 
 
+HF_SPLIT_NAMES = SplitNames(
+    tp="--tp {}",
+    pp="--pp {}",
+    fields={
+        "num_attention_heads": "the number of attention heads ({}, HF num_attention_heads)",
+        "num_query_groups": "the number of query groups ({}, HF num_key_value_heads)",
+        "ffn_hidden_size": "the MLP width ({}, HF intermediate_size)",
+        "num_layers": "the number of layers ({}, HF num_hidden_layers)",
+    },
+)
+"""The converter's flags and HF's config names in the model-split rule's messages."""
+
+
 def check_layout(cfg: ModelConfig, tp: int, pp: int) -> None:
-    """Refuse layouts the model cannot be split into (the flags are the CLI's)."""
-    if tp < 1 or pp < 1:
-        raise ConversionError(f"--tp and --pp must be >= 1, got tp={tp} pp={pp}")
-    if cfg.num_query_groups % tp or cfg.num_attention_heads % tp:
-        raise ConversionError(
-            f"--tp {tp} must divide the number of query groups ({cfg.num_query_groups}, HF num_key_value_heads) "
-            f"and attention heads ({cfg.num_attention_heads})"
-        )
-    if cfg.ffn_hidden_size % tp:
-        raise ConversionError(
-            f"--tp {tp} must divide the MLP width ({cfg.ffn_hidden_size}, HF intermediate_size)"
-        )
-    if pp > cfg.num_layers:
-        raise ConversionError(f"--pp {pp} is larger than the number of layers ({cfg.num_layers})")
+    """Refuse layouts the model cannot be split into (`model.split.split_problems`; the flags are the CLI's)."""
+    problems = split_problems(cfg, tp, pp, names=HF_SPLIT_NAMES)
+    if problems:
+        raise ConversionError("; ".join(problems))
 
 
 def check_hf_tensors(reader: HFReader, cfg: ModelConfig) -> torch.dtype:

@@ -70,15 +70,19 @@ class ParallelMegatronBackend:
     ) -> ParallelMegatronBackend:
         from megatron_endprompt.convert import megatron_io
         from megatron_endprompt.model.gpt import build_model, padded_vocab_size
+        from megatron_endprompt.model.split import SplitNames, split_problems
         from megatron_endprompt.parallel import initialize
 
+        ckpt = megatron_io.resolve_checkpoint_dir(path)
+        cfg = megatron_io.read_model_json(ckpt)
+        problems = split_problems(cfg, tp, names=SplitNames(tp="--tp {}", pp="--pp {}"))
+        if problems:  # before initialize: megatron would fail on its own assertion
+            raise ValueError("; ".join(problems))
         initialize(tp=tp, pp=1, cp=cp)
         if dist.get_world_size() != tp * cp:
             raise ValueError(
                 f"--tp {tp} --cp {cp}: launch exactly tp*cp = {tp * cp} ranks (got {dist.get_world_size()})"
             )
-        ckpt = megatron_io.resolve_checkpoint_dir(path)
-        cfg = megatron_io.read_model_json(ckpt)
         metadata = megatron_io.checkpoint_metadata(ckpt)
         prefix = megatron_io.checkpoint_prefix(metadata)
         saved_vocab = metadata[prefix + "embedding.word_embeddings.weight"].global_shape[0]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from megatron_endprompt.checkpoint_layout import MODEL_CONFIG_FILE
 from megatron_endprompt.model.config import ARCHITECTURE_FIELDS, ModelConfig
+from megatron_endprompt.model.split import SplitNames, split_problems
 from megatron_endprompt.model.te_choice import te_unusable_reason
 
 if TYPE_CHECKING:
@@ -102,35 +103,25 @@ def _check_layout(cfg, model) -> list[str]:
     return errs
 
 
+PARALLEL_NAMES = SplitNames(
+    tp="--parallel.tensor_parallel ({})",
+    pp="--parallel.pipeline_parallel ({})",
+    vp="--parallel.virtual_pipeline_parallel ({})",
+)
+"""The recipe's flags in the model-split rule's messages (fields read "model.<field> (value)")."""
+
+
 def _check_model_split(cfg, model) -> list[str]:
-    p, errs = cfg.parallel, []
-    tp = max(p.tensor_parallel, 1)
-    if model.num_attention_heads % tp:
-        errs.append(
-            f"--parallel.tensor_parallel ({tp}) must divide model.num_attention_heads ({model.num_attention_heads})"
-        )
-    if model.num_query_groups % tp:
-        errs.append(
-            f"--parallel.tensor_parallel ({tp}) must divide model.num_query_groups ({model.num_query_groups})"
-        )
-    if model.ffn_hidden_size % tp:
-        errs.append(
-            f"--parallel.tensor_parallel ({tp}) must divide model.ffn_hidden_size ({model.ffn_hidden_size})"
-        )
-    pp = max(p.pipeline_parallel, 1)
-    stages = pp * (p.virtual_pipeline_parallel or 1)
-    if pp > model.num_layers:
-        errs.append(f"--parallel.pipeline_parallel ({pp}) exceeds model.num_layers ({model.num_layers})")
-    elif model.num_layers % stages:
-        errs.append(
-            f"--parallel.pipeline_parallel ({pp})"
-            + (
-                f" x --parallel.virtual_pipeline_parallel ({p.virtual_pipeline_parallel})"
-                if stages != pp
-                else ""
-            )
-            + f" must divide model.num_layers ({model.num_layers})"
-        )
+    p = cfg.parallel
+    vp = p.virtual_pipeline_parallel
+    # sizes below 1 and a virtual size below 2 are _check_layout's to report; here they count as 1 / no interleaving
+    errs = split_problems(
+        model,
+        max(p.tensor_parallel, 1),
+        max(p.pipeline_parallel, 1),
+        vp if vp is not None and vp >= 1 else None,
+        names=PARALLEL_NAMES,
+    )
     if cfg.data.seq_length > model.max_position_embeddings:
         errs.append(
             f"--data.seq_length ({cfg.data.seq_length}) exceeds model.max_position_embeddings "

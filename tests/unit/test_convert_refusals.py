@@ -110,9 +110,7 @@ def test_layout_refusals(hf_dir, tmp_path):
     _assert_refused(
         lambda: hf_to_megatron(hf_dir, out, tp=4), "--tp 4 must divide the number of query groups (2", out
     )
-    _assert_refused(
-        lambda: hf_to_megatron(hf_dir, out, pp=3), "--pp 3 is larger than the number of layers (2)", out
-    )
+    _assert_refused(lambda: hf_to_megatron(hf_dir, out, pp=3), "--pp 3 exceeds the number of layers (2", out)
 
 
 def test_export_refuses_a_dir_that_is_not_our_checkpoint(hf_dir, tmp_path):
