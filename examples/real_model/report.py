@@ -51,15 +51,14 @@ def table(rows: dict[str, dict], lengths: list[int], render) -> list[str]:
 
 
 def plot(path: Path, results: dict, cfg, tasks: list[str]) -> None:
-    """Accuracy per task and held-out perplexity against the real prompt lengths; base window, P and T marked."""
-    import matplotlib
+    """Accuracy per task and held-out perplexity against the real prompt lengths; base window, P and T marked.
+    Panels, axes and saving from `megatron_endprompt.eval.plots`; the K tick labels and the small offset
+    between models are this report's."""
+    from megatron_endprompt.eval import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5 * (len(tasks) + 1), 4), squeeze=False)
+    fig, axes = plots.panel_grid(len(tasks) + 1, len(tasks) + 1, 5, 4)
     markers = dict(zip(MODEL_NOTES, "osD^", strict=True))
-    for ax, task in zip(axes[0], [*tasks, "perplexity"], strict=True):
+    for ax, task in zip(axes, [*tasks, "perplexity"], strict=True):
         ticks = set()
         for i, (model, by_task) in enumerate(results.items()):
             cells = by_task.get(task, {})
@@ -78,6 +77,10 @@ def plot(path: Path, results: dict, cfg, tasks: list[str]) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(ticks), [f"{n / 1024:g}K" if n % 1024 == 0 else str(n) for n in sorted(ticks)])
         ax.minorticks_off()
+        if task != "perplexity":
+            plots.accuracy_axis(ax)
+        else:
+            plots.perplexity_axis(ax)
         for x, label, style in ((cfg.base_window, "base window", "--"), (cfg.physical_length, "P", ":")):
             ax.axvline(x, color="grey", linestyle=style, linewidth=1)
             ax.text(x, ax.get_ylim()[1], f" {label}", fontsize=8, va="top", color="grey")
@@ -85,13 +88,6 @@ def plot(path: Path, results: dict, cfg, tasks: list[str]) -> None:
             f"{task} (T = {cfg.target_length // 1024}K)" if task != "perplexity" else "held-out perplexity"
         )
         ax.set_xlabel("prompt / window length (tokens)")
-        ax.set_ylabel("accuracy (%)" if task != "perplexity" else "perplexity")
-        if task != "perplexity":
-            ax.set_ylim(-5, 105)
-        else:
-            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path)

@@ -40,7 +40,7 @@ import report
 import system_text
 from settings import CUES, RealModelConfig, load_config
 
-from megatron_endprompt import demo
+from megatron_endprompt import experiments
 from megatron_endprompt.training.checkpoint_io import write_text_atomic
 
 logger = logging.getLogger("real_model")
@@ -210,7 +210,7 @@ def train(out: Path, name: str, spec: dict) -> Path:
         return Path(info["checkpoint"])
     done.unlink(missing_ok=True)
     start = time.perf_counter()
-    ckpt = demo.run_training(out, name, spec)
+    ckpt = experiments.run_training(out, name, spec)
     write_json(
         done, {"checkpoint": str(ckpt), "seconds": round(time.perf_counter() - start, 1), "fingerprint": key}
     )
@@ -219,15 +219,7 @@ def train(out: Path, name: str, spec: dict) -> Path:
 
 def config_copy(base: Path, dest: Path, changes: dict) -> Path:
     """The base checkpoint (hard-linked files) with its model config changed."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(base, dest, copy_function=os.link)
-    path = dest / "endprompt_model.json"
-    model = json.loads(path.read_text())
-    path.unlink()  # a hard link: writing in place would change the base's config too
-    rope = {**model["rope_scaling"], **changes.pop("rope_scaling", {})}
-    path.write_text(json.dumps({**model, **changes, "rope_scaling": rope}, indent=2))
-    return dest
+    return experiments.config_copy(base, dest, changes, link=True)
 
 
 def models(out: Path, cfg: RealModelConfig, base: Path, data: dict[str, str]) -> dict[str, Path]:
@@ -255,7 +247,7 @@ def measure(out: Path, cfg: RealModelConfig, base: Path, data: dict[str, str]) -
 
     spec = recipe(cfg, data["endprompt"], out / "measure" / "train", base, 2)
     start = time.perf_counter()
-    demo.run_training(out / "measure", "train", spec)
+    experiments.run_training(out / "measure", "train", spec)
     wall = time.perf_counter() - start
     lines = (out / "measure" / "train" / "metrics.jsonl").read_text().splitlines()
     tps = json.loads(lines[-1])["tokens_per_s"]
