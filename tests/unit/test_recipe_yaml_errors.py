@@ -1,17 +1,12 @@
-"""A broken YAML recipe ends in exit 2 with `file:line:column: problem`, never a traceback (issue 17)."""
+"""A broken YAML recipe ends in exit 2 with `file:line:column: problem`, never a traceback (issue 17); the CLI's
+exit: tests/integration/test_train_entry_point.py."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from megatron_endprompt.training.config import load_config
 
-REPO = Path(__file__).resolve().parents[2]
 UNCLOSED_LIST = "model:\n  preset: tiny\noptimizer:\n  lr: [1.0e-3\ntraining:\n  train_iters: 3\n"
 
 
@@ -49,17 +44,3 @@ def test_recipe_that_is_not_utf8_names_the_file(tmp_path):
 def test_override_value_with_yaml_syntax_error_names_the_flag():
     with pytest.raises(ValueError, match=r"^--data.paths: cannot parse '\[a, b' as YAML"):
         load_config(None, ["--data.paths", "[a, b"])
-
-
-def test_yaml_syntax_error_cli_exits_2_without_traceback(tmp_path):
-    recipe = tmp_path / "broken.yaml"
-    recipe.write_text(UNCLOSED_LIST)
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_endprompt.train", "--config", str(recipe), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert f"error: {recipe}:5:" in proc.stderr and "Traceback" not in proc.stderr

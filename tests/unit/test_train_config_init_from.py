@@ -1,11 +1,9 @@
-"""`--checkpoint.init_from` takes the architecture from the checkpoint unless one is given on the command line."""
+"""`--checkpoint.init_from` takes the architecture from the checkpoint unless one is given on the command line
+(the CLI's exit 2: tests/integration/test_train_entry_point.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,15 +56,6 @@ def test_explicit_model_field_that_disagrees_names_that_field(converted) -> None
         ConfigError, match=r"--model\.num_layers: num_layers = 4, but --checkpoint\.init_from"
     ):
         cfg.validate(1)
-
-
-def test_train_cli_exits_2_naming_the_flag(converted) -> None:
-    cmd = [sys.executable, "-m", "megatron_endprompt.train", "--config", TINY]
-    cmd += ["--checkpoint.init_from", str(converted), "--model.preset", "tiny"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert "--model.preset tiny: num_layers = 2" in proc.stderr
 
 
 def test_recipe_that_sets_both_keeps_its_preset_and_is_checked(converted, tmp_path) -> None:
