@@ -30,3 +30,11 @@ def test_overwrite_refusal_cli_exits_2_naming_both_flags(hf_dir, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "--megatron-dir" in proc.stderr and "--hf-dir" in proc.stderr and "Traceback" not in proc.stderr
     assert (src / "model.safetensors").is_file()
+
+
+def test_cli_reports_errors_without_a_traceback(hf_dir, tmp_path):
+    out = tmp_path / "deep" / "out"
+    proc = _convert("hf-to-megatron", "--hf-dir", str(hf_dir), "--megatron-dir", str(out), "--tp", "4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --tp 4 must divide") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "deep").exists()
