@@ -17,11 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_endprompt.data.packing import PACKING_MODES  # noqa: E402
-from megatron_endprompt.data.tokenizers import DEFAULT_MAX_CHARS_PER_ENCODE  # noqa: E402
+from megatron_endprompt.data.packing import PACKING_MODES
+from megatron_endprompt.data.tokenizers import DEFAULT_MAX_CHARS_PER_ENCODE
 
 EXIT_USER_ERROR = 2
 
