@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,9 @@ from pathlib import Path
 import pytest
 
 from megatron_endprompt.data import load_samples
-from megatron_endprompt.data.builder import build
 from megatron_endprompt.data.tokenizers import load_tokenizer
-from megatron_endprompt.positions import SchemeConfig
 from tests.fixtures.data_fixtures import corpus_jsonl, corpus_texts, data_dir, sp_model  # noqa: F401
-from tests.unit.test_builder import BAD_LINES, _cfg, _outputs
+from tests.unit.test_builder import BAD_LINES, _build_with_sidecar_version, _outputs
 from tests.unit.test_builder_failures import _leftovers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,12 +130,8 @@ def test_strict_exits_2_naming_the_first_bad_line(tmp_path, sp_model):
 
 
 def test_report_of_an_unknown_sidecar_version_exits_2(tmp_path, corpus_jsonl, sp_model):
-    build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("endprompt", 32, 1000), name="v"))
-    seg = tmp_path / "v.seg"
-    data = bytearray(seg.read_bytes())
-    data[8:12] = struct.pack("<I", 99)
-    seg.write_bytes(bytes(data))
-    cli = _cli("--output-prefix", str(tmp_path / "v"), "--report")
+    prefix = _build_with_sidecar_version(tmp_path, corpus_jsonl, sp_model, 99)
+    cli = _cli("--output-prefix", str(prefix), "--report")
     assert cli.returncode == 2 and "sidecar version 99" in cli.stderr
 
 

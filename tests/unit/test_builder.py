@@ -215,14 +215,20 @@ def test_bad_input_counts_and_strict(tmp_path, sp_model):
     assert not list(tmp_path.glob("strict*"))  # nothing left behind
 
 
+def _build_with_sidecar_version(tmp, corpus, model, version: int) -> Path:
+    """Build prefix `tmp/v` and overwrite its .seg header's version field (bytes 8-12) with `version`."""
+    build(_cfg(tmp, corpus, model, SchemeConfig("endprompt", 32, 1000), name="v"))
+    seg = tmp / "v.seg"
+    data = bytearray(seg.read_bytes())
+    data[8:12] = struct.pack("<I", version)
+    seg.write_bytes(bytes(data))
+    return tmp / "v"
+
+
 def test_unknown_sidecar_version_rejected(tmp_path, corpus_jsonl, sp_model):
     from megatron_endprompt.data.coverage import coverage_report
 
-    build(_cfg(tmp_path, corpus_jsonl, sp_model, SchemeConfig("endprompt", 32, 1000), name="v"))
-    seg = tmp_path / "v.seg"
-    data = bytearray(seg.read_bytes())
-    data[8:12] = struct.pack("<I", 99)
-    seg.write_bytes(bytes(data))
+    _build_with_sidecar_version(tmp_path, corpus_jsonl, sp_model, 99)
     with pytest.raises(ValueError, match="unsupported sidecar version 99"):
         load_samples(tmp_path / "v")
     with pytest.raises(ValueError, match="unsupported sidecar version 99"):
